@@ -1,0 +1,38 @@
+// The supervisor <-> worker channel: a SOCK_SEQPACKET Unix socket pair carrying small messages,
+// each optionally with one file descriptor (SCM_RIGHTS). The supervisor hands accepted data
+// connections to a worker this way, so their bytes never pass through the supervisor.
+// Invariant: a received message is checked field by field (size, truncation, cmsg level, type and
+// length); anything unexpected is an error and every descriptor that arrived is closed.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <variant>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/local/seq_packet_protocol.hpp>
+#include <boost/system/error_code.hpp>
+
+namespace culvert::shared::ipc {
+
+using channel_socket = boost::asio::local::seq_packet_protocol::socket;
+
+inline constexpr std::size_t max_channel_message = 256;
+
+// One message as received: fd is -1 when none came with it; the receiver owns fd.
+struct channel_message {
+  std::string payload;
+  int fd = -1;
+};
+
+// Sends payload (<= max_channel_message) and, if fd >= 0, a duplicate of fd (the caller keeps fd).
+boost::asio::awaitable<boost::system::error_code> send_message(channel_socket&, std::string_view payload,
+                                                               int fd = -1);
+
+// Returns the message, or an error (eof when the peer closed; protocol_error-like codes for
+// malformed messages).
+boost::asio::awaitable<std::variant<channel_message, boost::system::error_code>> receive_message(
+    channel_socket&);
+
+}  // namespace culvert::shared::ipc

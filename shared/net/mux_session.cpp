@@ -1,0 +1,660 @@
+// The multiplexer: one reader parsing frames, one writer gathering queued frames into a single
+// writev (control frames first), and two relay coroutines per stream. See mux_session.hpp for the
+// invariants and docs/protocol.md for the rules enforced here.
+#include "shared/net/mux_session.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <spdlog/spdlog.h>
+
+#include "shared/net/socket_options.hpp"
+#include "shared/net/spawn.hpp"
+#include "shared/protocol/messages.hpp"
+
+namespace culvert::shared::net {
+
+namespace asio = boost::asio;
+namespace proto = protocol;
+using asio::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+using boost::system::error_code;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+constexpr std::size_t read_buffer_size = 2 * (proto::header_size + proto::max_data_payload);
+constexpr std::size_t max_gather_frames = 64;
+constexpr std::size_t max_gather_bytes = 1024 * 1024;
+constexpr std::int64_t max_credit = 0x7fffffff;
+constexpr std::uint32_t max_pings_per_second = 50;
+constexpr std::uint32_t max_stale_frames_per_second = 10000;
+constexpr std::size_t max_peer_text = 63;
+
+// Window growth beyond the initial size, summed over every stream of this process: auto-tuning
+// stops here, so memory stays bounded however many streams are busy.
+constexpr std::size_t window_growth_budget = 256 * 1024 * 1024;
+std::size_t window_growth_used = 0;
+
+std::uint64_t now_ns() {
+  return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           clock_type::now().time_since_epoch())
+                           .count());
+}
+
+std::span<const char> as_chars(std::span<const std::uint8_t> s) {
+  return {reinterpret_cast<const char*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+struct mux_session::out_frame {
+  std::array<std::uint8_t, proto::header_size + 1 + max_peer_text> head;
+  std::uint8_t head_length = 0;
+  chunk payload;  // DATA only
+  std::uint32_t payload_length = 0;
+  stream_ptr owner;  // DATA only
+};
+
+struct mux_session::stream {
+  stream(std::uint32_t id, tcp::socket s, const mux_settings& settings)
+      : id(id),
+        socket(std::move(s)),
+        send_credit(settings.initial_window),
+        recv_credit(settings.initial_window),
+        recv_window(settings.initial_window),
+        from_socket_wake(socket.get_executor()),
+        to_socket_wake(socket.get_executor()) {}
+
+  struct pending_bytes {
+    chunk data;
+    std::uint32_t begin = 0, end = 0;
+  };
+
+  std::uint32_t id;
+  tcp::socket socket;
+  std::string peer;
+  clock_type::time_point opened = clock_type::now();
+  bool connected = false;  // client role: the local service has been dialled
+  bool closed = false;     // removed from the session; relays exit when they see it
+  bool aborted = false;    // reset: its queued DATA frames are dropped, not sent
+
+  // socket -> peer
+  std::int64_t send_credit;
+  std::size_t in_flight = 0;  // DATA frames with a chunk queued and not yet written
+  bool sent_fin = false;
+
+  // peer -> socket
+  std::deque<pending_bytes> pending;
+  std::int64_t recv_credit;
+  std::uint32_t recv_window;
+  std::uint32_t unacked = 0;
+  clock_type::time_point last_credit = clock_type::now();
+  bool peer_fin = false;
+  bool socket_shut = false;
+
+  asio::steady_timer from_socket_wake;  // credit or a queue slot became free
+  asio::steady_timer to_socket_wake;    // bytes or FIN arrived for the socket
+  std::unique_ptr<stream_observer> observer;
+  std::uint64_t bytes_from_socket = 0, bytes_to_socket = 0;
+};
+
+namespace {
+// A timer used as an event: wait until cancelled. Callers re-check their condition after it.
+asio::awaitable<void> wait_for_wake(asio::steady_timer& timer) {
+  timer.expires_at(clock_type::time_point::max());
+  co_await timer.async_wait(use_tuple);
+}
+}  // namespace
+
+mux_session::mux_session(tcp::socket connection, role r, mux_settings settings, mux_hooks hooks,
+                         buffer_pool& pool)
+    : connection_(std::move(connection)),
+      role_(r),
+      settings_(settings),
+      hooks_(std::move(hooks)),
+      pool_(pool),
+      writer_wake_(connection_.get_executor()),
+      keepalive_timer_(connection_.get_executor()) {}
+
+mux_session::~mux_session() {
+  for (auto& f : control_queue_) pool_.give(std::move(f.payload));
+  for (auto& f : data_queue_) pool_.give(std::move(f.payload));
+}
+
+void mux_session::start() {
+  set_nodelay(connection_);
+  error_code ec;
+  connection_.non_blocking(true, ec);
+  last_received_ = clock_type::now();
+  flood_window_start_ = last_received_;
+  auto ex = connection_.get_executor();
+  spawn(ex, read_loop(), "mux reader");
+  spawn(ex, write_loop(), "mux writer");
+  spawn(ex, keepalive_loop(), "mux keepalive");
+}
+
+bool mux_session::open_stream(tcp::socket visitor, std::string peer) {
+  if (!open_ || role_ != role::server || streams_.size() >= settings_.max_streams) return false;
+  if (last_stream_id_ >= 0xfffffff0u) return false;  // ids exhausted: the worker uses another
+  const std::uint32_t id = last_stream_id_ == 0 ? 1 : last_stream_id_ + 2;  // server ids are odd
+  last_stream_id_ = id;
+  auto s = std::make_shared<stream>(id, std::move(visitor), settings_);
+  s->peer = std::move(peer);
+  s->connected = true;
+  streams_.emplace(id, s);
+
+  std::array<std::uint8_t, 1 + max_peer_text> payload;
+  const std::size_t n = std::min(s->peer.size(), max_peer_text);
+  payload[0] = std::uint8_t(n);
+  std::memcpy(payload.data() + 1, s->peer.data(), n);
+  queue_control(proto::frame_type::open, 0, id, std::span(payload.data(), 1 + n));
+  start_relays(s);
+  return true;
+}
+
+void mux_session::start_relays(const stream_ptr& s) {
+  set_nodelay(s->socket);
+  error_code ec;
+  s->socket.non_blocking(true, ec);
+  auto ex = connection_.get_executor();
+  spawn(ex, socket_to_peer(s), "stream relay (socket to peer)");
+  spawn(ex, peer_to_socket(s), "stream relay (peer to socket)");
+}
+
+void mux_session::close(const std::string& reason) {
+  if (!open_) return;
+  open_ = false;
+  close_reason_ = reason;
+  std::vector<stream_ptr> all;
+  all.reserve(streams_.size());
+  for (auto& [id, s] : streams_) all.push_back(s);
+  for (auto& s : all) remove_stream(s, true, "data connection closed: " + reason);
+  error_code ec;
+  connection_.close(ec);
+  writer_wake_.cancel();
+  keepalive_timer_.cancel();
+  if (auto hook = std::move(hooks_.on_closed)) hook(reason);
+}
+
+// ---- reading ---------------------------------------------------------------------------------
+
+asio::awaitable<void> mux_session::read_loop() {
+  auto self = shared_from_this();
+  std::vector<std::uint8_t> buffer(read_buffer_size);
+  std::size_t begin = 0, end = 0;
+  while (open_) {
+    auto [ec, n] =
+        co_await connection_.async_read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
+                                             use_tuple);
+    if (!open_) co_return;
+    if (ec) {
+      close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message());
+      co_return;
+    }
+    last_received_ = clock_type::now();
+    end += n;
+    while (end - begin >= proto::header_size) {
+      auto decoded = proto::decode_header(
+          std::span<const std::uint8_t, proto::header_size>(buffer.data() + begin,
+                                                            proto::header_size));
+      if (auto* error = std::get_if<proto::decode_error>(&decoded)) {
+        protocol_violation(std::string(proto::to_string(*error)));
+        co_return;
+      }
+      const auto& h = std::get<proto::frame_header>(decoded);
+      if (end - begin < proto::header_size + h.length) break;
+      if (!handle_frame(h, std::span(buffer.data() + begin + proto::header_size, h.length)))
+        co_return;
+      begin += proto::header_size + h.length;
+    }
+    if (begin == end) {
+      begin = end = 0;
+    } else if (buffer.size() - end < proto::header_size + proto::max_data_payload) {
+      std::memmove(buffer.data(), buffer.data() + begin, end - begin);
+      end -= begin;
+      begin = 0;
+    }
+  }
+}
+
+bool mux_session::handle_frame(const proto::frame_header& h,
+                               std::span<const std::uint8_t> payload) {
+  switch (h.type) {
+    case proto::frame_type::data: return handle_data(h, payload);
+    case proto::frame_type::window: return handle_window(h.stream_id, proto::load_u32(payload.data()));
+    case proto::frame_type::open: return handle_open(h.stream_id, payload);
+    case proto::frame_type::reset: handle_reset(h.stream_id); return open_;
+    case proto::frame_type::ping: handle_ping(h, payload); return open_;
+    case proto::frame_type::error: {
+      auto e = proto::decode_error_message(payload);
+      close("peer reported an error: " + (e ? e->message : std::string("(unreadable)")));
+      return false;
+    }
+    default:
+      protocol_violation(std::string(proto::to_string(h.type)) + " frame on a data connection");
+      return false;
+  }
+}
+
+bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> payload) {
+  if (role_ != role::client) {
+    protocol_violation("OPEN sent by the client");
+    return false;
+  }
+  if (id <= last_stream_id_ || (id & 1) == 0) {
+    protocol_violation("OPEN with a reused or even stream id");
+    return false;
+  }
+  if (payload.empty() || payload[0] > max_peer_text || payload.size() != 1u + payload[0]) {
+    protocol_violation("OPEN with a malformed peer address");
+    return false;
+  }
+  last_stream_id_ = id;
+  if (streams_.size() >= settings_.max_streams) {
+    std::uint8_t code[4];
+    proto::store_u32(code, 1);
+    queue_control(proto::frame_type::reset, 0, id, code);
+    return true;
+  }
+  auto s = std::make_shared<stream>(id, tcp::socket(connection_.get_executor()), settings_);
+  s->peer.assign(reinterpret_cast<const char*>(payload.data() + 1), payload[0]);
+  if (hooks_.make_observer) s->observer = hooks_.make_observer();
+  streams_.emplace(id, s);
+  spawn(connection_.get_executor(), dial_then_relay(s), "stream dial");
+  return true;
+}
+
+bool mux_session::handle_data(const proto::frame_header& h, std::span<const std::uint8_t> payload) {
+  const bool fin = h.flags & proto::flags::fin;
+  auto it = streams_.find(h.stream_id);
+  if (it == streams_.end()) {
+    if (h.stream_id > last_stream_id_) {
+      protocol_violation("DATA on a stream never opened");
+      return false;
+    }
+    // The stream ended here while the peer was still sending: drop, but bound how often.
+    if (++stale_frames_in_window_ > max_stale_frames_per_second) {
+      protocol_violation("flood of frames for closed streams");
+      return false;
+    }
+    return true;
+  }
+  stream_ptr s = it->second;
+  if (s->peer_fin) {
+    protocol_violation("DATA after FIN");
+    return false;
+  }
+  if (payload.empty() && !fin) {
+    protocol_violation("empty DATA frame without FIN");
+    return false;
+  }
+  if (std::int64_t(payload.size()) > s->recv_credit) {
+    protocol_violation("DATA beyond the stream's window");
+    return false;
+  }
+  s->recv_credit -= std::int64_t(payload.size());
+  if (s->observer && !payload.empty()) s->observer->on_from_peer(as_chars(payload));
+
+  if (!payload.empty()) {
+    auto rest = payload;
+    if (s->connected && s->pending.empty()) {
+      // Fast path: the socket usually has room; write straight from the read buffer.
+      error_code ec;
+      std::size_t n = s->socket.write_some(asio::buffer(rest.data(), rest.size()), ec);
+      if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+        reset_stream(s, "write to socket failed: " + ec.message(), true);
+        return true;
+      }
+      if (!ec) {
+        s->bytes_to_socket += n;
+        if (hooks_.on_traffic) hooks_.on_traffic(0, n);
+        credit_consumed(*s, n);
+        rest = rest.subspan(n);
+      }
+    }
+    if (!rest.empty()) {
+      buffer_for_socket(*s, rest);
+      s->to_socket_wake.cancel();
+    }
+  }
+  if (fin) {
+    s->peer_fin = true;
+    s->to_socket_wake.cancel();
+  }
+  return true;
+}
+
+bool mux_session::handle_window(std::uint32_t id, std::uint32_t increment) {
+  if (increment == 0 || increment > max_credit) {
+    protocol_violation("WINDOW increment of 0 or above 2^31-1");
+    return false;
+  }
+  auto it = streams_.find(id);
+  if (it == streams_.end()) {
+    if (id > last_stream_id_) {
+      protocol_violation("WINDOW on a stream never opened");
+      return false;
+    }
+    if (++stale_frames_in_window_ > max_stale_frames_per_second) {
+      protocol_violation("flood of frames for closed streams");
+      return false;
+    }
+    return true;
+  }
+  auto& s = *it->second;
+  if (s.send_credit + increment > max_credit) {
+    protocol_violation("WINDOW overflows the stream's credit");
+    return false;
+  }
+  s.send_credit += increment;
+  s.from_socket_wake.cancel();
+  return true;
+}
+
+void mux_session::handle_reset(std::uint32_t id) {
+  auto it = streams_.find(id);
+  if (it == streams_.end()) {
+    if (id > last_stream_id_) return protocol_violation("RESET on a stream never opened");
+    if (++stale_frames_in_window_ > max_stale_frames_per_second)
+      protocol_violation("flood of frames for closed streams");
+    return;
+  }
+  stream_ptr s = it->second;
+  s->aborted = true;
+  remove_stream(s, true, "reset by the other side");
+}
+
+void mux_session::handle_ping(const proto::frame_header& h, std::span<const std::uint8_t> payload) {
+  const auto now = clock_type::now();
+  if (now - flood_window_start_ >= std::chrono::seconds(1)) {
+    flood_window_start_ = now;
+    pings_in_window_ = 0;
+    stale_frames_in_window_ = 0;
+  }
+  if (h.flags & proto::flags::ack) {
+    const std::uint64_t sent = proto::load_u64(payload.data());
+    const std::uint64_t current = now_ns();
+    if (sent <= current && current - sent < 60'000'000'000ULL) {
+      auto sample = std::chrono::microseconds((current - sent) / 1000);
+      rtt_ = rtt_.count() == 0 ? sample : (rtt_ * 7 + sample) / 8;
+    }
+    return;
+  }
+  if (++pings_in_window_ > max_pings_per_second) return protocol_violation("PING flood");
+  queue_control(proto::frame_type::ping, proto::flags::ack, 0, payload);
+}
+
+void mux_session::protocol_violation(const std::string& what) {
+  if (!open_) return;
+  spdlog::warn("data connection: protocol violation by peer: {}", what);
+  // Best effort: tell the peer why, without waiting on a peer that may not read.
+  auto frame = proto::encode(proto::error_message{proto::error_code::protocol_error, what});
+  error_code ec;
+  connection_.write_some(asio::buffer(frame), ec);
+  close("protocol violation: " + what);
+}
+
+// ---- writing ---------------------------------------------------------------------------------
+
+void mux_session::wake_writer() { writer_wake_.cancel(); }
+
+void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std::uint32_t stream,
+                                std::span<const std::uint8_t> payload) {
+  if (!open_) return;
+  out_frame& f = control_queue_.emplace_back();
+  proto::encode_header({std::uint32_t(payload.size()), type, flags, stream},
+                       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
+  std::memcpy(f.head.data() + proto::header_size, payload.data(), payload.size());
+  f.head_length = std::uint8_t(proto::header_size + payload.size());
+  wake_writer();
+}
+
+void mux_session::queue_data(const stream_ptr& s, chunk payload, std::uint32_t length, bool fin) {
+  out_frame& f = data_queue_.emplace_back();
+  proto::encode_header({length, proto::frame_type::data, fin ? proto::flags::fin : proto::flags::none,
+                        s->id},
+                       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
+  f.head_length = proto::header_size;
+  if (payload) ++s->in_flight;
+  f.payload = std::move(payload);
+  f.payload_length = length;
+  f.owner = s;
+  wake_writer();
+}
+
+asio::awaitable<void> mux_session::write_loop() {
+  auto self = shared_from_this();
+  std::vector<asio::const_buffer> buffers;
+  while (open_) {
+    if (control_queue_.empty() && data_queue_.empty()) {
+      co_await wait_for_wake(writer_wake_);
+      continue;
+    }
+    buffers.clear();
+    const std::size_t controls = std::min(control_queue_.size(), max_gather_frames);
+    for (std::size_t i = 0; i < controls; ++i)
+      buffers.emplace_back(control_queue_[i].head.data(), control_queue_[i].head_length);
+    std::size_t datas = 0, bytes = 0;
+    while (datas < data_queue_.size() && datas < max_gather_frames && bytes < max_gather_bytes) {
+      const out_frame& f = data_queue_[datas++];
+      if (f.owner->aborted) continue;  // its RESET went ahead; the bytes are moot
+      buffers.emplace_back(f.head.data(), f.head_length);
+      if (f.payload_length) buffers.emplace_back(f.payload.get(), f.payload_length);
+      bytes += f.payload_length;
+    }
+    if (!buffers.empty()) {
+      auto [ec, n] = co_await asio::async_write(connection_, buffers, use_tuple);
+      if (!open_) co_return;
+      if (ec) {
+        close("write failed: " + ec.message());
+        co_return;
+      }
+    }
+    control_queue_.erase(control_queue_.begin(), control_queue_.begin() + controls);
+    for (std::size_t i = 0; i < datas; ++i) {
+      out_frame& f = data_queue_.front();
+      if (f.payload) {
+        pool_.give(std::move(f.payload));
+        --f.owner->in_flight;
+        f.owner->from_socket_wake.cancel();
+      }
+      data_queue_.pop_front();
+    }
+  }
+}
+
+asio::awaitable<void> mux_session::keepalive_loop() {
+  auto self = shared_from_this();
+  std::uint8_t stamp[8];
+  // One ping at once gives the window auto-tuning a first RTT sample.
+  proto::store_u64(stamp, now_ns());
+  queue_control(proto::frame_type::ping, 0, 0, stamp);
+  while (open_) {
+    keepalive_timer_.expires_after(settings_.keepalive_interval);
+    co_await keepalive_timer_.async_wait(use_tuple);
+    if (!open_) co_return;
+    const auto silent = clock_type::now() - last_received_;
+    if (silent > settings_.idle_timeout) {
+      close("peer silent for " +
+            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(silent).count()) + " s");
+      co_return;
+    }
+    proto::store_u64(stamp, now_ns());
+    queue_control(proto::frame_type::ping, 0, 0, stamp);
+  }
+}
+
+// ---- stream relays ---------------------------------------------------------------------------
+
+asio::awaitable<void> mux_session::dial_then_relay(stream_ptr s) {
+  auto self = shared_from_this();
+  auto socket = co_await hooks_.dial();
+  if (s->closed) co_return;  // reset by the peer, or the session ended, while dialling
+  if (!socket) {
+    reset_stream(s, "local service unreachable", true);
+    co_return;
+  }
+  s->socket = std::move(*socket);
+  s->connected = true;
+  start_relays(s);
+}
+
+asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
+  auto self = shared_from_this();
+  for (;;) {
+    while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight))
+      co_await wait_for_wake(s->from_socket_wake);
+    if (s->closed) co_return;
+    // Wait for readability first so an idle stream holds no buffer.
+    auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
+    if (s->closed) co_return;
+    if (wait_error) {
+      reset_stream(s, "socket wait failed: " + wait_error.message(), true);
+      co_return;
+    }
+    chunk c = pool_.take();
+    const std::size_t want = std::size_t(std::min<std::int64_t>(buffer_pool::chunk_size, s->send_credit));
+    error_code ec;
+    const std::size_t n = s->socket.read_some(asio::buffer(c.get(), want), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      pool_.give(std::move(c));
+      continue;
+    }
+    if (ec == asio::error::eof) {
+      pool_.give(std::move(c));
+      queue_data(s, {}, 0, true);
+      s->sent_fin = true;
+      finish_if_done(s);
+      co_return;
+    }
+    if (ec) {
+      pool_.give(std::move(c));
+      reset_stream(s, "read from socket failed: " + ec.message(), true);
+      co_return;
+    }
+    s->send_credit -= std::int64_t(n);
+    s->bytes_from_socket += n;
+    if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
+    if (s->observer) s->observer->on_from_socket({reinterpret_cast<const char*>(c.get()), n});
+    queue_data(s, std::move(c), std::uint32_t(n), false);
+  }
+}
+
+asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
+  auto self = shared_from_this();
+  std::vector<asio::const_buffer> buffers;
+  for (;;) {
+    if (s->closed) co_return;
+    if (s->pending.empty()) {
+      if (s->peer_fin) {
+        error_code ec;
+        s->socket.shutdown(tcp::socket::shutdown_send, ec);
+        s->socket_shut = true;
+        finish_if_done(s);
+        co_return;
+      }
+      co_await wait_for_wake(s->to_socket_wake);
+      continue;
+    }
+    buffers.clear();
+    for (auto& p : s->pending) {
+      buffers.emplace_back(p.data.get() + p.begin, p.end - p.begin);
+      if (buffers.size() == 16) break;
+    }
+    auto [ec, n] = co_await asio::async_write(s->socket, buffers, use_tuple);
+    if (s->closed) co_return;
+    if (ec) {
+      reset_stream(s, "write to socket failed: " + ec.message(), true);
+      co_return;
+    }
+    for (std::size_t left = n; left > 0;) {
+      auto& p = s->pending.front();
+      const std::size_t k = std::min<std::size_t>(left, p.end - p.begin);
+      p.begin += std::uint32_t(k);
+      left -= k;
+      if (p.begin == p.end) {
+        pool_.give(std::move(p.data));
+        s->pending.pop_front();
+      }
+    }
+    s->bytes_to_socket += n;
+    if (hooks_.on_traffic) hooks_.on_traffic(0, n);
+    credit_consumed(*s, n);
+  }
+}
+
+void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {
+  while (!bytes.empty()) {
+    if (s.pending.empty() || s.pending.back().end == buffer_pool::chunk_size)
+      s.pending.push_back({pool_.take(), 0, 0});
+    auto& tail = s.pending.back();
+    const std::size_t k = std::min<std::size_t>(bytes.size(), buffer_pool::chunk_size - tail.end);
+    std::memcpy(tail.data.get() + tail.end, bytes.data(), k);
+    tail.end += std::uint32_t(k);
+    bytes = bytes.subspan(k);
+  }
+}
+
+void mux_session::credit_consumed(stream& s, std::size_t bytes) {
+  if (s.peer_fin || s.closed) return;  // nothing more will come: no credit needed
+  s.unacked += std::uint32_t(bytes);
+  if (s.unacked < s.recv_window / 4) return;
+  std::uint32_t increment = s.unacked;
+  const auto now = clock_type::now();
+  // Auto-tuning: a quarter window consumed in under two round trips means the window, not the
+  // reader, limits this stream; double it (bandwidth-delay product), within the process budget.
+  if (rtt_.count() > 0 && now - s.last_credit < 2 * rtt_ && s.recv_window < settings_.max_window &&
+      window_growth_used + s.recv_window <= window_growth_budget) {
+    window_growth_used += s.recv_window;
+    increment += s.recv_window;
+    s.recv_window *= 2;
+  }
+  s.recv_credit += increment;
+  s.unacked = 0;
+  s.last_credit = now;
+  std::uint8_t payload[4];
+  proto::store_u32(payload, increment);
+  queue_control(proto::frame_type::window, 0, s.id, payload);
+}
+
+void mux_session::finish_if_done(const stream_ptr& s) {
+  if (s->sent_fin && s->socket_shut && s->pending.empty()) remove_stream(s, false, "");
+}
+
+void mux_session::reset_stream(const stream_ptr& s, const std::string& reason, bool tell_peer) {
+  if (s->closed) return;
+  if (tell_peer) {
+    std::uint8_t code[4];
+    proto::store_u32(code, 1);
+    queue_control(proto::frame_type::reset, 0, s->id, code);
+  }
+  s->aborted = true;
+  remove_stream(s, true, reason);
+}
+
+void mux_session::remove_stream(const stream_ptr& s, bool abnormal, const std::string& reason) {
+  if (s->closed) return;
+  s->closed = true;
+  if (abnormal)
+    reset_and_close(s->socket);
+  else
+    graceful_close(s->socket);
+  for (auto& p : s->pending) pool_.give(std::move(p.data));
+  s->pending.clear();
+  s->from_socket_wake.cancel();
+  s->to_socket_wake.cancel();
+  window_growth_used -= s->recv_window - settings_.initial_window;
+  streams_.erase(s->id);
+  if (s->observer) s->observer->on_end(abnormal);
+  if (hooks_.on_stream_closed) {
+    hooks_.on_stream_closed(stream_report{s->id, s->peer, s->bytes_from_socket, s->bytes_to_socket,
+                                          clock_type::now() - s->opened, abnormal, reason});
+  }
+}
+
+}  // namespace culvert::shared::net

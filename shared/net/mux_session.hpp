@@ -1,0 +1,144 @@
+// One multiplexed data connection: many visitor streams over one TCP connection between a worker
+// (role server: opens a stream per visitor) and a client (role client: dials the local service
+// per stream). Runs inside the single io_context thread of the worker or the client.
+// Invariants: a stream's bytes are relayed in order with per-stream credit (a slow reader only
+// stops its own stream); FIN maps to shutdown(SHUT_WR) after buffered bytes are flushed; any
+// abnormal end resets the stream's socket (RST), never a clean FIN; every frame from the peer is
+// validated (docs/protocol.md) and a violation ends the whole session.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "shared/net/buffer_pool.hpp"
+#include "shared/protocol/frame.hpp"
+
+namespace culvert::shared::net {
+
+struct mux_settings {
+  std::uint32_t initial_window = 256 * 1024;    // per stream and direction, in bytes
+  std::uint32_t max_window = 16 * 1024 * 1024;  // auto-tuning cap (bandwidth-delay product)
+  std::chrono::milliseconds keepalive_interval{5000};
+  std::chrono::milliseconds idle_timeout{30000};  // silence (no frame at all) that ends a session
+  std::size_t max_streams = 16384;
+  std::size_t chunks_in_flight = 2;  // per stream, socket -> connection direction
+};
+
+// Watches the bytes of one stream without altering them (the client's HTTP request log).
+class stream_observer {
+ public:
+  virtual ~stream_observer() = default;
+  virtual void on_from_peer(std::span<const char> bytes) = 0;    // arrived over the connection
+  virtual void on_from_socket(std::span<const char> bytes) = 0;  // read from the local socket
+  virtual void on_end(bool abnormal) = 0;
+};
+
+struct stream_report {
+  std::uint32_t id = 0;
+  std::string peer;  // the visitor's address, as the worker saw it
+  std::uint64_t bytes_from_socket = 0, bytes_to_socket = 0;
+  std::chrono::steady_clock::duration lifetime{};
+  bool abnormal = false;
+  std::string reason;
+};
+
+struct mux_hooks {
+  // Client role: connect to the local service for a new stream (nullopt = refuse: stream reset).
+  std::function<boost::asio::awaitable<std::optional<boost::asio::ip::tcp::socket>>()> dial;
+  std::function<std::unique_ptr<stream_observer>()> make_observer;  // optional
+  std::function<void(const stream_report&)> on_stream_closed;       // optional
+  std::function<void(const std::string& reason)> on_closed;         // once, when the session ends
+  // Optional traffic counters (bytes read from / written to stream sockets).
+  std::function<void(std::uint64_t from_socket, std::uint64_t to_socket)> on_traffic;
+};
+
+class mux_session : public std::enable_shared_from_this<mux_session> {
+ public:
+  enum class role { server, client };
+
+  mux_session(boost::asio::ip::tcp::socket connection, role, mux_settings, mux_hooks,
+              buffer_pool&);
+  ~mux_session();
+
+  // Starts reading, writing and keepalives. Call once, on the io_context thread.
+  void start();
+  // Server role: relays a visitor socket as a new stream. False if the session is closed or full
+  // (the caller then resets the visitor).
+  bool open_stream(boost::asio::ip::tcp::socket visitor, std::string peer);
+  // Ends the session now: every stream is reset, the connection closed.
+  void close(const std::string& reason);
+
+  bool is_open() const { return open_; }
+  std::size_t stream_count() const { return streams_.size(); }
+  // Smoothed round-trip time of the connection, from PING echoes (zero until measured).
+  std::chrono::microseconds rtt() const { return rtt_; }
+
+ private:
+  struct stream;
+  struct out_frame;
+  using stream_ptr = std::shared_ptr<stream>;
+
+  boost::asio::awaitable<void> read_loop();
+  boost::asio::awaitable<void> write_loop();
+  boost::asio::awaitable<void> keepalive_loop();
+  boost::asio::awaitable<void> socket_to_peer(stream_ptr);
+  boost::asio::awaitable<void> peer_to_socket(stream_ptr);
+  boost::asio::awaitable<void> dial_then_relay(stream_ptr);
+
+  // Frame handling (reader side). Return false after a protocol violation (session closed).
+  bool handle_frame(const protocol::frame_header&, std::span<const std::uint8_t> payload);
+  bool handle_open(std::uint32_t id, std::span<const std::uint8_t> payload);
+  bool handle_data(const protocol::frame_header&, std::span<const std::uint8_t> payload);
+  bool handle_window(std::uint32_t id, std::uint32_t increment);
+  void handle_reset(std::uint32_t id);
+  void handle_ping(const protocol::frame_header&, std::span<const std::uint8_t> payload);
+  void protocol_violation(const std::string& what);
+
+  void start_relays(const stream_ptr&);
+  void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
+                     std::span<const std::uint8_t> payload);
+  void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
+  void credit_consumed(stream&, std::size_t bytes);
+  void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
+  void finish_if_done(const stream_ptr&);
+  void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
+  void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);
+  void wake_writer();
+
+  boost::asio::ip::tcp::socket connection_;
+  role role_;
+  mux_settings settings_;
+  mux_hooks hooks_;
+  buffer_pool& pool_;
+  bool open_ = true;
+  std::string close_reason_;
+
+  std::unordered_map<std::uint32_t, stream_ptr> streams_;
+  std::uint32_t last_stream_id_ = 0;  // highest id opened so far (ids strictly increase)
+
+  std::deque<out_frame> control_queue_;  // sent ahead of data: window, ping, open, reset
+  std::deque<out_frame> data_queue_;
+  boost::asio::steady_timer writer_wake_;
+  boost::asio::steady_timer keepalive_timer_;
+
+  std::chrono::steady_clock::time_point last_received_;
+  std::chrono::microseconds rtt_{0};
+  // Flood limits: cheap frames per one-second window.
+  std::chrono::steady_clock::time_point flood_window_start_;
+  std::uint32_t pings_in_window_ = 0;
+  std::uint32_t stale_frames_in_window_ = 0;
+};
+
+}  // namespace culvert::shared::net

@@ -1,0 +1,41 @@
+// Reading and writing whole frames on a stream socket, for the handshake and control connections
+// (the data connection's multiplexer parses frames itself). Used by supervisor, worker, client.
+// Invariant: read_frame consumes exactly one frame's bytes and nothing after it, so the socket can
+// be handed to another process right after a DATA_INIT.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "shared/protocol/frame.hpp"
+#include "shared/protocol/messages.hpp"
+
+namespace culvert::shared::protocol {
+
+struct frame {
+  frame_header header;
+  std::vector<std::uint8_t> payload;
+};
+
+struct read_failure {
+  enum class kind { closed, io_error, malformed, timed_out } why;
+  std::string what;
+};
+
+using read_result = std::variant<frame, read_failure>;
+
+boost::asio::awaitable<read_result> read_frame(boost::asio::ip::tcp::socket&);
+// As read_frame, but gives up (and cancels the read) after `limit`.
+boost::asio::awaitable<read_result> read_frame(boost::asio::ip::tcp::socket&,
+                                               std::chrono::steady_clock::duration limit);
+boost::asio::awaitable<boost::system::error_code> write_frame(boost::asio::ip::tcp::socket&,
+                                                              const encoded_frame&);
+// Sends an ERROR frame (best effort, bounded in time) and closes the socket.
+boost::asio::awaitable<void> refuse(boost::asio::ip::tcp::socket&, error_code, std::string message);
+
+}  // namespace culvert::shared::protocol

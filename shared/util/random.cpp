@@ -1,0 +1,53 @@
+// Kernel randomness and constant-time comparison.
+#include "shared/util/random.hpp"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace culvert::shared::util {
+
+void fill_random(std::span<std::uint8_t> out) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::getrandom(out.data() + done, out.size() - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      std::fprintf(stderr, "getrandom failed: %s\n", std::strerror(errno));
+      std::abort();  // never hand out a predictable secret
+    }
+    done += std::size_t(n);
+  }
+}
+
+std::uint64_t random_u64() {
+  std::uint8_t b[8];
+  fill_random(b);
+  std::uint64_t v = 0;
+  for (auto x : b) v = v << 8 | x;
+  return v;
+}
+
+bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b) {
+  if (a.size() != b.size()) return false;  // lengths are not secret (fixed-size secrets)
+  volatile std::uint8_t diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) diff = diff | (a[i] ^ b[i]);
+  return diff == 0;
+}
+
+bool equal_constant_time(std::string_view a, std::string_view b) {
+  // Compare over the longer length so the time does not reveal a common prefix.
+  std::size_t n = a.size() > b.size() ? a.size() : b.size();
+  volatile std::uint8_t diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint8_t x = i < a.size() ? std::uint8_t(a[i]) : 0;
+    std::uint8_t y = i < b.size() ? std::uint8_t(b[i]) : 0;
+    diff = diff | (x ^ y);
+  }
+  return diff == 0;
+}
+
+}  // namespace culvert::shared::util

@@ -1,0 +1,16 @@
+// Secrets and ids from the kernel's CSPRNG, and a comparison that takes the same time whatever
+// bytes differ (for secrets and tokens).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace culvert::shared::util {
+
+void fill_random(std::span<std::uint8_t> out);  // getrandom(2); aborts if the kernel refuses
+std::uint64_t random_u64();
+bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b);
+bool equal_constant_time(std::string_view a, std::string_view b);
+
+}  // namespace culvert::shared::util

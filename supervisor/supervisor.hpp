@@ -1,0 +1,113 @@
+// The supervisor: accepts control and data connections on one port, runs the handshake
+// (INIT -> DOMAIN -> ACK), starts one worker per tunnel, hands data connections to that worker
+// (SCM_RIGHTS), restarts dead workers, holds a lost client's domain for the grace period, and
+// publishes every tunnel in the shared-memory table. Single-threaded (one io_context).
+// Invariant: nothing a client sends can stop the supervisor or touch another tenant's tunnel;
+// a slot, domain and port return to the pool only after their worker has exited.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "shared/ipc/fd_channel.hpp"
+#include "shared/ipc/tunnel_table.hpp"
+#include "shared/protocol/control_link.hpp"
+#include "shared/protocol/messages.hpp"
+#include "supervisor/config.hpp"
+#include "supervisor/domain_pool.hpp"
+#include "supervisor/public_ports.hpp"
+
+namespace culvert::supervisor {
+
+struct tunnel {
+  tunnel(boost::asio::io_context& io, boost::asio::ip::tcp::acceptor l)
+      : listener(std::move(l)), grace_timer(io), stop_timer(io) {}
+
+  std::uint64_t id = 0;
+  shared::protocol::secret_bytes secret{};
+  std::string domain;
+  std::uint16_t port = 0;
+  shared::protocol::tunnel_kind kind = shared::protocol::tunnel_kind::http;
+  std::uint32_t slot = 0;
+  std::int64_t created_unix_ms = 0;
+  shared::ipc::slot_state state = shared::ipc::slot_state::starting;
+
+  // Kept open by the supervisor so that a restarted worker inherits the same socket.
+  boost::asio::ip::tcp::acceptor listener;
+  std::shared_ptr<shared::protocol::control_link> control;  // empty while held
+  std::string client_addr;
+  boost::asio::steady_timer grace_timer;
+  boost::asio::steady_timer stop_timer;  // SIGKILL deadline while stopping
+
+  pid_t worker_pid = 0;
+  std::shared_ptr<shared::ipc::channel_socket> channel;
+  bool worker_ready = false;
+  std::deque<boost::asio::ip::tcp::socket> waiting_data;  // arrived while no worker was ready
+  std::uint32_t restarts = 0;
+  std::uint32_t quick_failures = 0;  // consecutive exits soon after start (for back-off)
+  std::chrono::steady_clock::time_point worker_started;
+  std::uint16_t data_connections = 0;
+};
+
+class supervisor {
+ public:
+  supervisor(boost::asio::io_context&, config);
+  ~supervisor();
+  // Binds the control port, creates the shared table, installs signal handlers.
+  void start();
+  boost::asio::ip::tcp::endpoint control_endpoint() const { return control_.local_endpoint(); }
+
+ private:
+  using tunnel_ptr = std::shared_ptr<tunnel>;
+
+  boost::asio::awaitable<void> accept_loop();
+  boost::asio::awaitable<void> handshake(boost::asio::ip::tcp::socket);
+  boost::asio::awaitable<void> open_tunnel(boost::asio::ip::tcp::socket,
+                                           shared::protocol::init_message);
+  boost::asio::awaitable<void> attach_data(boost::asio::ip::tcp::socket,
+                                           shared::protocol::data_init_message);
+  boost::asio::awaitable<void> worker_channel_loop(tunnel_ptr, std::shared_ptr<shared::ipc::channel_socket>);
+  boost::asio::awaitable<void> hand_over(tunnel_ptr, boost::asio::ip::tcp::socket);
+  boost::asio::awaitable<void> reap_loop();
+  boost::asio::awaitable<void> shutdown();
+
+  std::optional<std::string> check_token(const std::string& token) const;
+  tunnel_ptr find_by_id(std::uint64_t id) const;
+  void attach_control(const tunnel_ptr&, boost::asio::ip::tcp::socket);
+  void start_worker(const tunnel_ptr&);
+  void on_worker_exit(pid_t, int status);
+  void hold(const tunnel_ptr&, const std::string& reason);
+  void stop_tunnel(const tunnel_ptr&, const std::string& reason);
+  void finish_tunnel(const tunnel_ptr&);
+  void publish(const tunnel&);
+  std::string public_url(const tunnel&) const;
+
+  boost::asio::io_context& io_;
+  config config_;
+  boost::asio::ip::tcp::acceptor control_;
+  std::unique_ptr<shared::ipc::tunnel_table_owner> table_;
+  domain_pool domains_;
+  public_ports ports_;
+  std::string worker_path_;
+  std::map<std::uint64_t, tunnel_ptr> tunnels_;  // by tunnel id
+  std::vector<std::uint32_t> free_slots_;
+  std::uint32_t pending_handshakes_ = 0;
+  boost::asio::signal_set child_signals_;
+  boost::asio::signal_set stop_signals_;
+  bool stopping_ = false;
+};
+
+}  // namespace culvert::supervisor

@@ -1,0 +1,30 @@
+// Starting a worker process (Boost.Process v2, fork + exec of culvert-worker) with exactly two
+// inherited descriptors: its channel to the supervisor as fd 3 and the public listener as fd 4.
+// Runs in the supervisor, which is single-threaded when it forks. Reaping is not done here: the
+// supervisor's one SIGCHLD handler does it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/system/error_code.hpp>
+
+namespace culvert::supervisor {
+
+struct worker_spawn {
+  std::string executable;
+  std::vector<std::string> arguments;
+  int channel_fd = -1;   // becomes fd 3 in the worker
+  int listener_fd = -1;  // becomes fd 4 in the worker
+};
+
+// Returns the child's pid, or 0 with `error` set.
+pid_t launch_worker(boost::asio::io_context&, const worker_spawn&, boost::system::error_code& error);
+
+// The path of culvert-worker beside the running executable.
+std::string default_worker_path();
+
+}  // namespace culvert::supervisor

@@ -1,0 +1,197 @@
+// Worker process logic: channel from the supervisor, public accept loop, data-connection adoption.
+#include "worker/worker.hpp"
+
+#include <sys/socket.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "shared/net/address.hpp"
+#include "shared/net/socket_options.hpp"
+#include "shared/net/spawn.hpp"
+#include "shared/protocol/frame_io.hpp"
+
+namespace culvert::worker {
+
+namespace asio = boost::asio;
+namespace net = shared::net;
+using asio::ip::tcp;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+tcp protocol_of(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0 &&
+      address.ss_family == AF_INET6)
+    return tcp::v6();
+  return tcp::v4();
+}
+}  // namespace
+
+worker::worker(asio::io_context& io, worker_options options)
+    : io_(io),
+      options_(std::move(options)),
+      channel_(io, asio::local::seq_packet_protocol(), options_.channel_fd),
+      listener_(io, protocol_of(options_.listener_fd), options_.listener_fd),
+      table_(options_.segment, options_.slot),
+      sessions_changed_(io),
+      signals_(io, SIGTERM, SIGINT) {}
+
+void worker::start() {
+  spawn(io_, channel_loop(), "supervisor channel");
+  spawn(io_, accept_loop(), "public accept loop");
+  signals_.async_wait([this](boost::system::error_code ec, int signal) {
+    if (ec) return;
+    spdlog::info("signal {}: draining open connections (at most {} s)", signal,
+                 options_.drain_timeout.count());
+    spawn(io_, drain_and_exit(), "drain");
+  });
+  spawn(io_, [this]() -> asio::awaitable<void> {
+    co_await shared::ipc::send_message(channel_, "R");
+  }(), "ready message");
+  spdlog::info("serving {} on {}", options_.domain, net::to_string(listener_.local_endpoint()));
+}
+
+asio::awaitable<void> worker::channel_loop() {
+  for (;;) {
+    auto received = co_await shared::ipc::receive_message(channel_);
+    if (auto* ec = std::get_if<boost::system::error_code>(&received)) {
+      // The supervisor is gone (or broke the channel): nobody can manage this tunnel any more.
+      spdlog::warn("supervisor channel closed ({}); exiting", ec->message());
+      io_.stop();
+      co_return;
+    }
+    auto& message = std::get<shared::ipc::channel_message>(received);
+    if (message.payload.front() == 'D' && message.fd >= 0) {
+      boost::system::error_code ec;
+      tcp::socket connection(io_);
+      connection.assign(protocol_of(message.fd), message.fd, ec);
+      if (ec) {
+        spdlog::error("adopting a data connection: assign: {}", ec.message());
+        ::close(message.fd);
+        continue;
+      }
+      spawn(io_, adopt(std::move(connection)), "data connection adoption");
+    } else {
+      if (message.fd >= 0) ::close(message.fd);
+      spdlog::warn("unexpected message on the supervisor channel; ignored");
+    }
+  }
+}
+
+asio::awaitable<void> worker::adopt(tcp::socket connection) {
+  boost::system::error_code ec;
+  const auto peer = connection.remote_endpoint(ec);
+  if (ec) co_return;  // died in transit
+  if (stopping_) co_return;
+  // DATA_READY tells the client its data connection now reaches this worker.
+  if (auto err = co_await shared::protocol::write_frame(
+          connection, shared::protocol::encode_empty(shared::protocol::frame_type::data_ready))) {
+    spdlog::warn("data connection from {} lost before it was ready: {}", net::to_string(peer),
+                 err.message());
+    co_return;
+  }
+  auto& counters = table_.counters();
+  net::mux_hooks hooks;
+  hooks.on_traffic = [&counters](std::uint64_t from_visitor, std::uint64_t to_visitor) {
+    if (from_visitor) counters.bytes_in.fetch_add(from_visitor, std::memory_order_relaxed);
+    if (to_visitor) counters.bytes_out.fetch_add(to_visitor, std::memory_order_relaxed);
+  };
+  hooks.on_stream_closed = [&counters](const net::stream_report& r) {
+    counters.open_visitors.fetch_sub(1, std::memory_order_relaxed);
+    spdlog::debug("visitor {} done: {} B in, {} B out, {} ms{}", r.peer, r.bytes_from_socket,
+                  r.bytes_to_socket,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(r.lifetime).count(),
+                  r.abnormal ? ", reset: " + r.reason : "");
+  };
+  const auto peer_text = net::to_string(peer);
+  hooks.on_closed = [this, peer_text](const std::string& reason) {
+    std::erase_if(sessions_, [](const auto& s) { return !s->is_open(); });
+    spdlog::info("data connection from {} closed: {} ({} left)", peer_text, reason,
+                 sessions_.size());
+    report_data_connections();
+    if (sessions_.empty()) pool_.trim();  // idle: give the relay buffers back
+  };
+  auto session = std::make_shared<net::mux_session>(std::move(connection),
+                                                     net::mux_session::role::server, options_.mux,
+                                                     std::move(hooks), pool_);
+  session->start();
+  sessions_.push_back(session);
+  spdlog::info("data connection from {} attached ({} now)", peer_text, sessions_.size());
+  report_data_connections();
+  sessions_changed_.cancel();
+}
+
+void worker::report_data_connections() {
+  auto text = "C" + std::to_string(sessions_.size());
+  spawn(io_, [this, text]() -> asio::awaitable<void> {
+    co_await shared::ipc::send_message(channel_, text);
+  }(), "data connection report");
+}
+
+std::shared_ptr<net::mux_session> worker::least_loaded_session() {
+  std::shared_ptr<net::mux_session> best;
+  for (auto& s : sessions_)
+    if (s->is_open() && (!best || s->stream_count() < best->stream_count())) best = s;
+  return best;
+}
+
+asio::awaitable<void> worker::accept_loop() {
+  auto& counters = table_.counters();
+  while (!stopping_) {
+    if (!least_loaded_session()) {
+      // No data connection: leave visitors in the kernel's backlog until one arrives.
+      sessions_changed_.expires_at(asio::steady_timer::time_point::max());
+      co_await sessions_changed_.async_wait(use_tuple);
+      continue;
+    }
+    auto [ec, visitor] = co_await listener_.async_accept(use_tuple);
+    if (stopping_) co_return;
+    if (ec) {
+      if (ec == asio::error::operation_aborted) co_return;
+      // EMFILE and friends: log, back off briefly, keep serving.
+      spdlog::warn("accept on the public listener failed: {}", ec.message());
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_tuple);
+      continue;
+    }
+    net::arm_reset_on_close(visitor);
+    boost::system::error_code peer_ec;
+    auto peer = visitor.remote_endpoint(peer_ec);
+    if (peer_ec) continue;
+    if (counters.open_visitors.load(std::memory_order_relaxed) >= options_.max_visitors) {
+      spdlog::warn("visitor {} refused: {} connections open (the maximum)", net::to_string(peer),
+                   options_.max_visitors);
+      net::reset_and_close(visitor);
+      continue;
+    }
+    auto session = least_loaded_session();
+    if (!session || !session->open_stream(std::move(visitor), net::to_string(peer))) {
+      net::reset_and_close(visitor);
+      continue;
+    }
+    counters.open_visitors.fetch_add(1, std::memory_order_relaxed);
+    counters.total_visitors.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+asio::awaitable<void> worker::drain_and_exit() {
+  stopping_ = true;
+  boost::system::error_code ec;
+  listener_.close(ec);
+  sessions_changed_.cancel();
+  const auto deadline = std::chrono::steady_clock::now() + options_.drain_timeout;
+  for (;;) {
+    std::size_t open = 0;
+    for (auto& s : sessions_) open += s->stream_count();
+    if (open == 0 || std::chrono::steady_clock::now() >= deadline) break;
+    asio::steady_timer poll(io_, std::chrono::milliseconds(50));
+    co_await poll.async_wait(use_tuple);
+  }
+  for (auto& s : std::vector(sessions_)) s->close("worker stopping");
+  io_.stop();
+}
+
+}  // namespace culvert::worker
