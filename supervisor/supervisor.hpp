@@ -8,6 +8,11 @@
 
 #include <sys/types.h>
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -15,12 +20,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
@@ -50,7 +49,7 @@ struct tunnel {
   std::shared_ptr<shared::protocol::control_link> control;  // empty while held
   std::string client_addr;
   boost::asio::steady_timer grace_timer;
-  boost::asio::steady_timer stop_timer;  // SIGKILL deadline while stopping
+  boost::asio::steady_timer stop_timer;  // restart back-off, or SIGKILL deadline while stopping
 
   pid_t worker_pid = 0;
   std::shared_ptr<shared::ipc::channel_socket> channel;
@@ -60,6 +59,7 @@ struct tunnel {
   std::uint32_t quick_failures = 0;  // consecutive exits soon after start (for back-off)
   std::chrono::steady_clock::time_point worker_started;
   std::uint16_t data_connections = 0;
+  bool reopen_pending = false;  // tell the client to re-open data connections once the worker is up
 };
 
 class supervisor {
@@ -79,7 +79,8 @@ class supervisor {
                                            shared::protocol::init_message);
   boost::asio::awaitable<void> attach_data(boost::asio::ip::tcp::socket,
                                            shared::protocol::data_init_message);
-  boost::asio::awaitable<void> worker_channel_loop(tunnel_ptr, std::shared_ptr<shared::ipc::channel_socket>);
+  boost::asio::awaitable<void> worker_channel_loop(tunnel_ptr,
+                                                   std::shared_ptr<shared::ipc::channel_socket>);
   boost::asio::awaitable<void> hand_over(tunnel_ptr, boost::asio::ip::tcp::socket);
   boost::asio::awaitable<void> reap_loop();
   boost::asio::awaitable<void> shutdown();
@@ -89,6 +90,7 @@ class supervisor {
   void attach_control(const tunnel_ptr&, boost::asio::ip::tcp::socket);
   void start_worker(const tunnel_ptr&);
   void on_worker_exit(pid_t, int status);
+  void restart_worker(const tunnel_ptr&);
   void hold(const tunnel_ptr&, const std::string& reason);
   void stop_tunnel(const tunnel_ptr&, const std::string& reason);
   void finish_tunnel(const tunnel_ptr&);
@@ -103,6 +105,7 @@ class supervisor {
   public_ports ports_;
   std::string worker_path_;
   std::map<std::uint64_t, tunnel_ptr> tunnels_;  // by tunnel id
+  std::map<pid_t, tunnel_ptr> by_worker_pid_;
   std::vector<std::uint32_t> free_slots_;
   std::uint32_t pending_handshakes_ = 0;
   boost::asio::signal_set child_signals_;

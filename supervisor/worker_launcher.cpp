@@ -4,10 +4,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <filesystem>
-
 #include <boost/process/v2/process.hpp>
-#include <boost/process/v2/src.hpp>  // Boost.Process v2 is compiled into this translation unit
+#include <filesystem>
 
 namespace culvert::supervisor {
 

@@ -6,11 +6,10 @@
 
 #include <sys/types.h>
 
-#include <string>
-#include <vector>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/system/error_code.hpp>
+#include <string>
+#include <vector>
 
 namespace culvert::supervisor {
 
@@ -22,7 +21,8 @@ struct worker_spawn {
 };
 
 // Returns the child's pid, or 0 with `error` set.
-pid_t launch_worker(boost::asio::io_context&, const worker_spawn&, boost::system::error_code& error);
+pid_t launch_worker(boost::asio::io_context&, const worker_spawn&,
+                    boost::system::error_code& error);
 
 // The path of culvert-worker beside the running executable.
 std::string default_worker_path();

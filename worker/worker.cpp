@@ -17,6 +17,7 @@ namespace culvert::worker {
 namespace asio = boost::asio;
 namespace net = shared::net;
 using asio::ip::tcp;
+using shared::net::spawn;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
@@ -33,7 +34,7 @@ tcp protocol_of(int fd) {
 worker::worker(asio::io_context& io, worker_options options)
     : io_(io),
       options_(std::move(options)),
-      channel_(io, asio::local::seq_packet_protocol(), options_.channel_fd),
+      channel_(io, shared::ipc::unix_seqpacket(), options_.channel_fd),
       listener_(io, protocol_of(options_.listener_fd), options_.listener_fd),
       table_(options_.segment, options_.slot),
       sessions_changed_(io),
@@ -64,7 +65,7 @@ asio::awaitable<void> worker::channel_loop() {
       co_return;
     }
     auto& message = std::get<shared::ipc::channel_message>(received);
-    if (message.payload.front() == 'D' && message.fd >= 0) {
+    if (!message.payload.empty() && message.payload.front() == 'D' && message.fd >= 0) {
       boost::system::error_code ec;
       tcp::socket connection(io_);
       connection.assign(protocol_of(message.fd), message.fd, ec);

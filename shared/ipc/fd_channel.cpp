@@ -16,6 +16,17 @@ namespace culvert::shared::ipc {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
+channel_protocol unix_seqpacket() { return channel_protocol(AF_UNIX, 0); }
+
+void make_channel_pair(channel_socket& a, channel_socket& b) {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0)
+    throw boost::system::system_error(error_code(errno, boost::system::system_category()),
+                                      "socketpair(AF_UNIX, SOCK_SEQPACKET)");
+  a.assign(unix_seqpacket(), fds[0]);
+  b.assign(unix_seqpacket(), fds[1]);
+}
+
 asio::awaitable<error_code> send_message(channel_socket& socket, std::string_view payload, int fd) {
   if (payload.empty() || payload.size() > max_channel_message)
     co_return asio::error::make_error_code(asio::error::message_size);

@@ -11,12 +11,19 @@
 #include <variant>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/local/seq_packet_protocol.hpp>
+#include <boost/asio/generic/seq_packet_protocol.hpp>
 #include <boost/system/error_code.hpp>
 
 namespace culvert::shared::ipc {
 
-using channel_socket = boost::asio::local::seq_packet_protocol::socket;
+// Boost 1.81 has no local::seq_packet_protocol; the generic one with AF_UNIX is the same socket.
+using channel_protocol = boost::asio::generic::seq_packet_protocol;
+using channel_socket = channel_protocol::socket;
+channel_protocol unix_seqpacket();
+
+// socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC): the supervisor keeps one end, a worker
+// inherits the other. Throws boost::system::system_error on failure.
+void make_channel_pair(channel_socket& a, channel_socket& b);
 
 inline constexpr std::size_t max_channel_message = 256;
 

@@ -27,6 +27,8 @@ class control_link : public std::enable_shared_from_this<control_link> {
 
   control_link(boost::asio::ip::tcp::socket, std::chrono::milliseconds heartbeat_interval,
                std::chrono::milliseconds silence_limit, hooks);
+  // Hooks may be set after construction (they often need the link's own address), before start.
+  void set_hooks(hooks h) { hooks_ = std::move(h); }
   void start();
   void send(encoded_frame);
   // Sends an ERROR frame, then closes (after a bounded wait for the write).

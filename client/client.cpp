@@ -1,0 +1,282 @@
+// Client logic: control session with reconnect and reclaim, data connections, local dialling.
+#include "client/client.hpp"
+
+#include <iostream>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "client/http_log.hpp"
+#include "shared/net/address.hpp"
+#include "shared/net/socket_options.hpp"
+#include "shared/net/spawn.hpp"
+#include "shared/protocol/frame_io.hpp"
+
+namespace culvert::client {
+
+namespace asio = boost::asio;
+namespace proto = shared::protocol;
+using asio::ip::tcp;
+using namespace asio::experimental::awaitable_operators;
+using shared::net::spawn;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+constexpr auto max_backoff = std::chrono::milliseconds(5000);
+constexpr auto data_ready_timeout = std::chrono::seconds(15);
+
+std::chrono::milliseconds backoff(unsigned failures) {
+  if (failures == 0) return std::chrono::milliseconds(0);
+  return std::min(std::chrono::milliseconds(100 << std::min(failures, 8u)), max_backoff);
+}
+
+// Refusals worth waiting out while reconnecting (the server restarts or is busy).
+bool transient(proto::error_code code) {
+  return code == proto::error_code::shutting_down || code == proto::error_code::overloaded ||
+         code == proto::error_code::internal;
+}
+
+std::string state_key(const client_options& o) {
+  return o.server + "|" + (o.kind == proto::tunnel_kind::tcp ? "tcp" : "http") + "|" +
+         o.local_address() + "|" + o.subdomain;
+}
+
+}  // namespace
+
+client::client(asio::io_context& io, client_options options, std::ostream& out)
+    : io_(io),
+      options_(std::move(options)),
+      out_(out),
+      state_(options_.state_dir, state_key(options_)),
+      control_lost_(io),
+      reopen_(io) {
+  auto where = shared::net::parse_host_port(options_.server);
+  server_host_ = where ? where->host : options_.server;
+  server_port_ = where ? where->port : 0;
+  reopen_.expires_at(asio::steady_timer::time_point::max());
+}
+
+void client::start() { spawn(io_, run(), "client"); }
+
+void client::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (control_) control_->close("client stopping");
+  close_sessions();
+  control_lost_.cancel();
+  reopen_.cancel();
+  io_.stop();
+}
+
+void client::finish(int code) {
+  exit_code_ = code;
+  stop();
+}
+
+void client::close_sessions() {
+  for (auto& s : std::vector(sessions_)) s->close("tunnel closed");
+  sessions_.clear();
+}
+
+asio::awaitable<void> client::pause(std::chrono::milliseconds how_long) {
+  if (how_long.count() == 0) co_return;
+  asio::steady_timer timer(io_, how_long);
+  // REOPEN cancels reopen_, which cuts every pending back-off short at once.
+  co_await (timer.async_wait(use_tuple) || reopen_.async_wait(use_tuple));
+}
+
+asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string& host,
+                                                               std::uint16_t port) {
+  tcp::resolver resolver(io_);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
+  if (rec) {
+    spdlog::debug("resolving {}: {}", host, rec.message());
+    co_return std::nullopt;
+  }
+  tcp::socket socket(io_);
+  asio::steady_timer timer(io_, options_.connect_timeout);
+  auto outcome = co_await (asio::async_connect(socket, endpoints, use_tuple) ||
+                           timer.async_wait(use_tuple));
+  if (outcome.index() == 1) {
+    spdlog::debug("connecting to {}:{}: timed out", host, port);
+    co_return std::nullopt;
+  }
+  auto [ec, endpoint] = std::get<0>(outcome);
+  if (ec) {
+    spdlog::debug("connecting to {}:{}: {}", host, port, ec.message());
+    co_return std::nullopt;
+  }
+  shared::net::set_nodelay(socket);
+  co_return std::move(socket);
+}
+
+asio::awaitable<void> client::run() {
+  bool first = true;
+  unsigned failures = 0;
+  while (!stopping_) {
+    const auto started = std::chrono::steady_clock::now();
+    auto keep_going = co_await control_session(first);
+    if (!keep_going || stopping_) co_return;
+    if (tunnel_) first = false;
+    // A session that lasted a while resets the back-off; quick failures grow it.
+    failures = std::chrono::steady_clock::now() - started > std::chrono::seconds(10) ? 1 : failures + 1;
+    const auto wait = backoff(failures);
+    spdlog::info("reconnecting to {} in {} ms", options_.server, wait.count());
+    co_await pause(wait);
+  }
+}
+
+asio::awaitable<bool> client::control_session(bool first) {
+  auto socket = co_await connect_to(server_host_, server_port_);
+  if (!socket) {
+    if (first) {
+      std::cerr << "culvert: cannot connect to the server at " << options_.server << std::endl;
+      finish(exit_unreachable);
+      co_return false;
+    }
+    co_return true;  // keep trying
+  }
+
+  proto::init_message init;
+  init.kind = options_.kind;
+  init.token = options_.token;
+  init.subdomain = options_.subdomain;
+  if (tunnel_) {
+    init.reclaim = proto::reclaim_request{tunnel_->offer.tunnel_id, tunnel_->offer.secret};
+  } else if (auto saved = state_.load()) {
+    init.reclaim = proto::reclaim_request{saved->tunnel_id, saved->secret};
+  }
+  if (auto ec = co_await proto::write_frame(*socket, proto::encode(init))) co_return true;
+  auto reply = co_await proto::read_frame(*socket, options_.connect_timeout);
+  auto* f = std::get_if<proto::frame>(&reply);
+  if (!f) {
+    spdlog::warn("handshake with {} failed: {}", options_.server,
+                 std::get<proto::read_failure>(reply).what);
+    co_return true;
+  }
+  if (f->header.type == proto::frame_type::error) {
+    auto refusal = proto::decode_error_message(f->payload);
+    const auto text = refusal ? refusal->message : std::string("malformed ERROR frame");
+    if (!first && refusal && transient(refusal->code)) {
+      spdlog::warn("server: {}", text);
+      co_return true;
+    }
+    std::cerr << "culvert: the server refused the tunnel: " << text << std::endl;
+    finish(exit_refused);
+    co_return false;
+  }
+  auto offer = f->header.type == proto::frame_type::domain ? proto::decode_domain(f->payload)
+                                                           : std::nullopt;
+  if (!offer) {
+    std::cerr << "culvert: the server answered with an unexpected "
+         << proto::to_string(f->header.type) << " frame" << std::endl;
+    finish(exit_refused);
+    co_return false;
+  }
+  if (auto ec = co_await proto::write_frame(*socket, proto::encode_empty(proto::frame_type::ack)))
+    co_return true;
+
+  const bool same_tunnel = tunnel_ && tunnel_->offer.tunnel_id == offer->tunnel_id;
+  if (!same_tunnel) {
+    close_sessions();  // they belong to a tunnel that no longer exists
+    tunnel_ = tunnel_info{*offer, ++generation_};
+    state_.save(saved_tunnel{offer->tunnel_id, offer->secret, offer->domain});
+    out_ << "Forwarding " << offer->public_url << " -> " << options_.local_address() << std::endl;
+    for (unsigned i = 0; i < std::max<unsigned>(1, offer->data_connections); ++i)
+      spawn(io_, data_loop(tunnel_->generation, i), "data connection");
+  } else {
+    spdlog::info("reconnected; {} is still ours", offer->public_url);
+    reopen_.cancel();  // any data connection waiting to retry may go now
+  }
+
+  control_lost_.expires_at(asio::steady_timer::time_point::max());
+  const auto interval = std::chrono::seconds(std::max<int>(1, offer->heartbeat_interval_s));
+  auto link = std::make_shared<proto::control_link>(std::move(*socket), interval, interval * 6,
+                                                    proto::control_link::hooks{});
+  proto::control_link::hooks hooks;
+  hooks.on_frame = [this](proto::frame&& frame) {
+    if (frame.header.type == proto::frame_type::reopen) {
+      spdlog::info("server restarted the tunnel's worker; re-opening data connections");
+      reopen_.cancel();
+    } else if (frame.header.type == proto::frame_type::error) {
+      auto e = proto::decode_error_message(frame.payload);
+      spdlog::warn("server: {}", e ? e->message : "malformed ERROR frame");
+    }
+  };
+  hooks.on_closed = [this](const std::string& reason) {
+    if (!stopping_) spdlog::warn("control connection lost: {}", reason);
+    control_lost_.cancel();
+  };
+  link->set_hooks(std::move(hooks));
+  control_ = link;
+  link->start();
+  co_await control_lost_.async_wait(use_tuple);
+  control_.reset();
+  co_return true;
+}
+
+asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index) {
+  unsigned failures = 0;
+  auto current = [&] { return !stopping_ && tunnel_ && tunnel_->generation == generation; };
+  while (current()) {
+    co_await pause(backoff(failures));
+    if (!current()) co_return;
+    ++failures;
+    auto socket = co_await connect_to(server_host_, server_port_);
+    if (!socket || !current()) continue;
+    proto::data_init_message hello;
+    hello.tunnel_id = tunnel_->offer.tunnel_id;
+    hello.secret = tunnel_->offer.secret;
+    if (co_await proto::write_frame(*socket, proto::encode(hello))) continue;
+    auto reply = co_await proto::read_frame(*socket, data_ready_timeout);
+    auto* f = std::get_if<proto::frame>(&reply);
+    if (!f) continue;
+    if (f->header.type == proto::frame_type::error) {
+      auto e = proto::decode_error_message(f->payload);
+      spdlog::warn("data connection {} refused: {}", index, e ? e->message : "malformed ERROR");
+      continue;  // the control session decides whether the tunnel still exists
+    }
+    if (f->header.type != proto::frame_type::data_ready || !current()) continue;
+
+    asio::steady_timer closed(io_, asio::steady_timer::time_point::max());
+    shared::net::mux_hooks hooks;
+    hooks.dial = [this] { return dial_local(); };
+    if (options_.kind == proto::tunnel_kind::http) {
+      hooks.make_observer = [this]() -> std::unique_ptr<shared::net::stream_observer> {
+        return std::make_unique<http_log_observer>([this](const http_exchange& exchange) {
+          out_ << format_exchange(exchange, std::chrono::system_clock::now()) << std::endl;
+        });
+      };
+    }
+    hooks.on_stream_closed = [](const shared::net::stream_report& r) {
+      if (r.abnormal) spdlog::debug("stream {} from {} reset: {}", r.id, r.peer, r.reason);
+    };
+    hooks.on_closed = [&closed, index](const std::string& reason) {
+      spdlog::info("data connection {} closed: {}", index, reason);
+      closed.cancel();
+    };
+    auto session = std::make_shared<shared::net::mux_session>(
+        std::move(*socket), shared::net::mux_session::role::client, shared::net::mux_settings{},
+        std::move(hooks), pool_);
+    sessions_.push_back(session);
+    session->start();
+    spdlog::debug("data connection {} ready", index);
+    failures = 0;
+    co_await closed.async_wait(use_tuple);
+    std::erase(sessions_, session);
+    if (sessions_.empty()) pool_.trim();
+  }
+}
+
+asio::awaitable<std::optional<tcp::socket>> client::dial_local() {
+  auto socket = co_await connect_to(options_.local_host, options_.local_port);
+  if (!socket)
+    spdlog::warn("cannot reach the local service at {}; visitor reset", options_.local_address());
+  co_return socket;
+}
+
+}  // namespace culvert::client

@@ -1,0 +1,75 @@
+// The culvert client: opens a tunnel over the control connection (INIT -> DOMAIN -> ACK), keeps
+// its data connections open (DATA_INIT -> DATA_READY, then a multiplexer that dials the local
+// service once per visitor stream), prints the public address and, for http tunnels, one line
+// per request. Reconnects with back-off and reclaims its tunnel after any connection loss.
+// Runs in the culvert CLI on one io_context thread.
+// Invariant: every wait on the network is bounded; the only way out is stop() or a refusal.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "client/client_options.hpp"
+#include "client/state_file.hpp"
+#include "shared/net/buffer_pool.hpp"
+#include "shared/net/mux_session.hpp"
+#include "shared/protocol/control_link.hpp"
+#include "shared/protocol/messages.hpp"
+
+namespace culvert::client {
+
+class client {
+ public:
+  // `out` receives the user-facing lines (Forwarding ..., the request log).
+  client(boost::asio::io_context&, client_options, std::ostream& out);
+  void start();
+  // Closes everything and stops the io_context (Ctrl-C).
+  void stop();
+  int exit_code() const { return exit_code_; }
+
+ private:
+  // What the server handed out; `generation` changes whenever the tunnel does.
+  struct tunnel_info {
+    shared::protocol::domain_message offer;
+    std::uint64_t generation = 0;
+  };
+
+  boost::asio::awaitable<void> run();
+  boost::asio::awaitable<std::optional<boost::asio::ip::tcp::socket>> connect_to(
+      const std::string& host, std::uint16_t port);
+  // One control session: handshake, then wait until the control connection is lost.
+  // Returns false when the client must give up (a refusal, printed).
+  boost::asio::awaitable<bool> control_session(bool first);
+  boost::asio::awaitable<void> data_loop(std::uint64_t generation, unsigned index);
+  boost::asio::awaitable<std::optional<boost::asio::ip::tcp::socket>> dial_local();
+  boost::asio::awaitable<void> pause(std::chrono::milliseconds);
+  void finish(int code);
+  void close_sessions();
+
+  boost::asio::io_context& io_;
+  client_options options_;
+  std::ostream& out_;
+  state_file state_;
+  std::string server_host_;
+  std::uint16_t server_port_ = 0;
+  shared::net::buffer_pool pool_;
+  std::optional<tunnel_info> tunnel_;
+  std::uint64_t generation_ = 0;
+  std::shared_ptr<shared::protocol::control_link> control_;
+  std::vector<std::shared_ptr<shared::net::mux_session>> sessions_;
+  boost::asio::steady_timer control_lost_;  // cancelled when the control connection ends
+  boost::asio::steady_timer reopen_;        // cancelled to cut every back-off short (REOPEN)
+  bool stopping_ = false;
+  int exit_code_ = exit_ok;
+};
+
+}  // namespace culvert::client

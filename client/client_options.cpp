@@ -1,0 +1,97 @@
+// Command-line parsing for the culvert CLI (CLI11 subcommands `http` and `tcp`).
+#include "client/client_options.hpp"
+
+#include <cstdlib>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+
+#include "shared/net/address.hpp"
+
+namespace culvert::client {
+
+std::string client_options::local_address() const {
+  if (local_host.find(':') != std::string::npos)
+    return "[" + local_host + "]:" + std::to_string(local_port);
+  return local_host + ":" + std::to_string(local_port);
+}
+
+std::string default_state_dir() {
+  if (const char* dir = std::getenv("CULVERT_STATE_DIR"); dir && *dir) return dir;
+  if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg)
+    return std::string(xdg) + "/culvert";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.local/state/culvert";
+  return "";
+}
+
+client_parse_result parse_client_arguments(int argc, const char* const* argv) {
+  client_options options;
+  options.state_dir = default_state_dir();
+  std::string local;
+  bool no_state = false;
+
+  CLI::App app{
+      "culvert: expose a local service through a culvert server.\n"
+      "  culvert http 3000                 share http://127.0.0.1:3000\n"
+      "  culvert tcp 127.0.0.1:5432        share a raw TCP service"};
+  app.set_version_flag("--version", "culvert 0.1.0");
+  app.require_subcommand(1);
+  auto add_common = [&](CLI::App* sub) {
+    sub->add_option("local", local, "local service: PORT or HOST:PORT (host defaults to 127.0.0.1)")
+        ->required();
+    sub->add_option("--server,-s", options.server,
+                    "culvert server's control address HOST:PORT (default 127.0.0.1:7835)")
+        ->envname("CULVERT_SERVER");
+    sub->add_option("--token,-t", options.token, "access token, if the server requires one")
+        ->envname("CULVERT_TOKEN");
+    sub->add_option("--subdomain", options.subdomain,
+                    "ask for this name under the server's base domain (default: generated)");
+    sub->add_option("--state-dir", options.state_dir,
+                    "where the reclaim secret is kept so a restart gets the same address back "
+                    "(default $CULVERT_STATE_DIR, $XDG_STATE_HOME/culvert or "
+                    "~/.local/state/culvert)");
+    sub->add_flag("--no-state", no_state, "do not read or write a state file");
+    sub->add_option("--log-level", options.log_level,
+                    "diagnostics on stderr: trace debug info warn error (default info)");
+  };
+  auto* http = app.add_subcommand("http", "expose a local HTTP service, logging each request");
+  auto* tcp = app.add_subcommand("tcp", "expose a local TCP service (databases, ssh, ...)");
+  add_common(http);
+  add_common(tcp);
+
+  client_parse_result result;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream out, err;
+    result.exit_code = app.exit(e, out, err) == 0 ? exit_ok : exit_usage;
+    result.output = out.str() + err.str();
+    return result;
+  }
+  options.kind = tcp->parsed() ? shared::protocol::tunnel_kind::tcp
+                               : shared::protocol::tunnel_kind::http;
+  auto where = shared::net::parse_host_port(local, "127.0.0.1");
+  if (!where || where->port == 0) {
+    result.exit_code = exit_usage;
+    result.output = "culvert: '" + local + "' is not a PORT or HOST:PORT\n";
+    return result;
+  }
+  options.local_host = where->host;
+  options.local_port = where->port;
+  if (!shared::net::parse_host_port(options.server)) {
+    result.exit_code = exit_usage;
+    result.output = "culvert: --server '" + options.server + "' is not HOST:PORT\n";
+    return result;
+  }
+  if (options.token.size() > 255 || options.subdomain.size() > 63) {
+    result.exit_code = exit_usage;
+    result.output = "culvert: --token is limited to 255 bytes and --subdomain to 63\n";
+    return result;
+  }
+  if (no_state) options.state_dir.clear();
+  result.options = std::move(options);
+  return result;
+}
+
+}  // namespace culvert::client

@@ -1,0 +1,45 @@
+// The client's command line: `culvert http [HOST:]PORT` and `culvert tcp HOST:PORT` with the
+// server, token, subdomain and state-file settings. Runs in the culvert CLI.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "shared/protocol/messages.hpp"
+
+namespace culvert::client {
+
+struct client_options {
+  shared::protocol::tunnel_kind kind = shared::protocol::tunnel_kind::http;
+  std::string local_host = "127.0.0.1";
+  std::uint16_t local_port = 0;
+  std::string server = "127.0.0.1:7835";
+  std::string token;
+  std::string subdomain;
+  std::string state_dir;  // where reclaim secrets live; empty = no state file
+  std::string log_level = "info";
+  std::chrono::seconds connect_timeout{10};
+
+  std::string local_address() const;  // "host:port" as dialled
+};
+
+struct client_parse_result {
+  std::optional<client_options> options;  // set when the client should run
+  int exit_code = 0;                      // otherwise: 0 for --help/--version, 1 for bad usage
+  std::string output;
+};
+
+// Exit codes of the culvert CLI (also in README.md).
+inline constexpr int exit_ok = 0;
+inline constexpr int exit_usage = 1;
+inline constexpr int exit_refused = 2;      // the server sent an ERROR during the handshake
+inline constexpr int exit_unreachable = 3;  // the server could not be reached at start
+
+client_parse_result parse_client_arguments(int argc, const char* const* argv);
+
+// $CULVERT_STATE_DIR, else $XDG_STATE_HOME/culvert, else ~/.local/state/culvert.
+std::string default_state_dir();
+
+}  // namespace culvert::client

@@ -1,0 +1,78 @@
+// The supervisor's configuration: embedded defaults, overridden by a TOML file ([server] table),
+// overridden by command-line flags. Runs in the supervisor, once, before anything is bound.
+// Invariant: a config that left parse_arguments() has passed validate(), so the rest of the
+// supervisor never re-checks ranges, addresses or names.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace culvert::supervisor {
+
+struct config {
+  // IP:PORT or [IPv6]:PORT for control AND data connections (port 0 = any).
+  std::string control_address = "127.0.0.1:7835";
+  std::string public_bind = "127.0.0.1";  // IP address the tunnels' public listeners bind
+  std::string public_host;                // host shown in tcp:// URLs; empty = public_bind
+  std::string base_domain = "localhost";  // tunnels get <label>.<base_domain>
+  std::uint16_t port_min = 20000, port_max = 20999;  // public port range
+  std::vector<std::string> tokens;  // accepted client tokens; empty = no token needed
+  std::uint32_t max_tunnels = 1024;
+  std::chrono::seconds grace_period{30};  // a lost client's domain is held this long
+  std::chrono::seconds heartbeat_interval{5};
+  std::chrono::seconds heartbeat_timeout{30};  // silence that counts as a lost client
+  std::chrono::seconds handshake_timeout{5};
+  std::uint32_t max_pending_handshakes = 256;
+  std::uint8_t data_connections = 2;  // data connections each client opens (1..16)
+  std::string instance = "default";   // names the shared-memory segment /culvert-<instance>
+  std::string worker_path;            // empty = culvert-worker beside the supervisor
+  std::string log_level = "info";     // trace debug info warn error
+
+  friend bool operator==(const config&, const config&) = default;
+};
+
+// Bounds enforced by validate(); public so that help texts and tests quote the same numbers.
+namespace limits {
+inline constexpr std::uint32_t max_tunnels = 65536;  // one shared-memory slot each
+inline constexpr std::uint32_t max_pending_handshakes = 65536;
+inline constexpr std::uint8_t max_data_connections = 16;
+inline constexpr std::int64_t max_seconds = 31'536'000;  // one year: far from clock overflow
+// The handshake carries it as 16-bit seconds; an hour is already past any NAT's idle timeout.
+inline constexpr std::int64_t max_heartbeat_interval = 3600;
+inline constexpr std::size_t max_token_bytes = 255;
+inline constexpr std::size_t max_instance_chars = 32;
+}  // namespace limits
+
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct parse_result {
+  std::optional<config> cfg;  // set when the supervisor should run
+  int exit_code = 0;          // when cfg is empty: 0 (--help/--version/--print-config) or 2 (error)
+  std::string output;         // text to print (help, version, effective config, or error message)
+};
+
+std::string_view version();
+
+// Never throws for bad input: every problem becomes exit_code 2 and a message in output.
+parse_result parse_arguments(int argc, const char* const* argv);
+
+// Defaults overridden by the file's [server] table. Checks each value on its own (type, range,
+// syntax) so errors carry the line; cross-field checks are left to validate().
+// Throws config_error("SOURCE: line L: message").
+config load_toml(std::string_view toml_text, const std::string& source_name);
+
+// The effective config as TOML, loadable again by load_toml.
+std::string to_toml(const config&);
+
+// Throws config_error naming the setting (flag and file key) and the accepted values.
+void validate(const config&);
+
+}  // namespace culvert::supervisor

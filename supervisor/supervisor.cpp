@@ -1,0 +1,612 @@
+// Supervisor logic: handshakes, tunnel life cycle (active -> held -> stopping -> free), worker
+// start/restart/reaping and data-connection hand-over. Everything runs on one io_context thread,
+// so the tunnel map needs no lock; every wait on a client is bounded by a timer.
+#include "supervisor/supervisor.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <csignal>
+#include <cstring>
+
+#include "shared/net/address.hpp"
+#include "shared/net/socket_options.hpp"
+#include "shared/net/spawn.hpp"
+#include "shared/protocol/frame_io.hpp"
+#include "shared/util/random.hpp"
+#include "supervisor/worker_launcher.hpp"
+
+namespace culvert::supervisor {
+
+namespace asio = boost::asio;
+namespace proto = shared::protocol;
+namespace ipc = shared::ipc;
+using asio::ip::tcp;
+using shared::net::spawn;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+constexpr int worker_exit_fatal = 78;         // culvert-worker's "do not respawn" code
+constexpr std::size_t max_waiting_data = 32;  // data connections queued for a starting worker
+constexpr auto worker_kill_deadline = std::chrono::seconds(8);  // > the worker's 5 s drain
+constexpr auto quick_exit = std::chrono::seconds(2);            // a worker that dies this fast...
+constexpr unsigned max_quick_failures = 6;                      // ...this often in a row is broken
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const char* name = ::sigabbrev_np(WTERMSIG(status));
+    return std::string("killed by SIG") + (name ? name : std::to_string(WTERMSIG(status)).c_str());
+  }
+  return "ended with status " + std::to_string(status);
+}
+
+ipc::tunnel_kind table_kind(proto::tunnel_kind kind) {
+  return kind == proto::tunnel_kind::tcp ? ipc::tunnel_kind::tcp : ipc::tunnel_kind::http;
+}
+
+// Counts a handshake in progress for as long as it lives (the pending-handshake limit).
+struct pending_guard {
+  explicit pending_guard(std::uint32_t& count) : count_(count) { ++count_; }
+  ~pending_guard() { --count_; }
+  pending_guard(const pending_guard&) = delete;
+  pending_guard& operator=(const pending_guard&) = delete;
+  std::uint32_t& count_;
+};
+
+}  // namespace
+
+supervisor::supervisor(asio::io_context& io, config cfg)
+    : io_(io),
+      config_(std::move(cfg)),
+      control_(io),
+      domains_(config_.base_domain, shared::util::random_u64()),
+      ports_(io, config_.public_bind, config_.port_min, config_.port_max),
+      worker_path_(config_.worker_path.empty() ? default_worker_path() : config_.worker_path),
+      child_signals_(io, SIGCHLD),
+      stop_signals_(io, SIGTERM, SIGINT) {}
+
+supervisor::~supervisor() {
+  // Workers notice the channel's EOF (and PR_SET_PDEATHSIG) and exit on their own.
+  for (auto& [pid, t] : by_worker_pid_) ::kill(pid, SIGTERM);
+}
+
+void supervisor::start() {
+  table_ = std::make_unique<ipc::tunnel_table_owner>(config_.instance, config_.max_tunnels,
+                                                     config_.base_domain);
+  for (std::uint32_t slot = config_.max_tunnels; slot > 0; --slot) free_slots_.push_back(slot - 1);
+
+  const auto where = shared::net::parse_host_port(config_.control_address);
+  if (!where) throw std::runtime_error("bad control address " + config_.control_address);
+  const tcp::endpoint endpoint(asio::ip::make_address(where->host), where->port);
+  control_.open(endpoint.protocol());
+  control_.set_option(tcp::acceptor::reuse_address(true));
+  control_.bind(endpoint);
+  control_.listen(4096);
+  spdlog::info("control listening on {}", shared::net::to_string(control_.local_endpoint()));
+  spdlog::info("tunnels: *.{} on {} ports {}-{}, at most {}; shared table {}", config_.base_domain,
+               config_.public_bind, config_.port_min, config_.port_max, config_.max_tunnels,
+               table_->name());
+  if (config_.tokens.empty()) spdlog::warn("no tokens configured: any client may open tunnels");
+
+  spawn(io_, reap_loop(), "child reaper");
+  spawn(io_, accept_loop(), "control accept loop");
+  stop_signals_.async_wait([this](boost::system::error_code ec, int signal) {
+    if (ec) return;
+    spdlog::info("signal {}: shutting down", signal);
+    spawn(io_, shutdown(), "shutdown");
+  });
+}
+
+// ---- Control port -------------------------------------------------------------------------
+
+asio::awaitable<void> supervisor::accept_loop() {
+  while (!stopping_) {
+    auto [ec, socket] = co_await control_.async_accept(use_tuple);
+    if (stopping_) co_return;
+    if (ec) {
+      if (ec == asio::error::operation_aborted) co_return;
+      // EMFILE and friends must not end the loop: back off and keep serving.
+      spdlog::warn("accept on the control port failed: {}", ec.message());
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_tuple);
+      continue;
+    }
+    if (pending_handshakes_ >= config_.max_pending_handshakes) {
+      spawn(
+          io_,
+          [](tcp::socket s) -> asio::awaitable<void> {
+            co_await proto::refuse(s, proto::error_code::overloaded,
+                                   "too many handshakes in progress; retry later");
+          }(std::move(socket)),
+          "refusal");
+      continue;
+    }
+    spawn(io_, handshake(std::move(socket)), "handshake");
+  }
+}
+
+asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
+  pending_guard pending(pending_handshakes_);
+  boost::system::error_code ec;
+  const auto peer = socket.remote_endpoint(ec);
+  if (ec) co_return;
+  const auto peer_text = shared::net::to_string(peer);
+  shared::net::set_nodelay(socket);
+
+  auto result = co_await proto::read_frame(socket, config_.handshake_timeout);
+  if (auto* failure = std::get_if<proto::read_failure>(&result)) {
+    switch (failure->why) {
+      case proto::read_failure::kind::closed:
+      case proto::read_failure::kind::io_error:
+        co_return;
+      case proto::read_failure::kind::timed_out:
+        spdlog::info("{}: handshake timed out", peer_text);
+        co_await proto::refuse(socket, proto::error_code::handshake_timeout,
+                               "no INIT or DATA_INIT within " +
+                                   std::to_string(config_.handshake_timeout.count()) + " s");
+        co_return;
+      case proto::read_failure::kind::malformed:
+        spdlog::info("{}: malformed first frame: {}", peer_text, failure->what);
+        co_await proto::refuse(socket, proto::error_code::protocol_error, failure->what);
+        co_return;
+    }
+  }
+  auto& first = std::get<proto::frame>(result);
+  if (first.header.type == proto::frame_type::init) {
+    auto init = proto::decode_init(first.payload);
+    if (!init) {
+      co_await proto::refuse(socket, proto::error_code::protocol_error, "malformed INIT");
+      co_return;
+    }
+    if (init->version != proto::protocol_version) {
+      co_await proto::refuse(socket, proto::error_code::version_mismatch,
+                             "protocol version " + std::to_string(init->version) +
+                                 " is not supported; this server speaks version " +
+                                 std::to_string(proto::protocol_version));
+      co_return;
+    }
+    co_await open_tunnel(std::move(socket), std::move(*init));
+  } else if (first.header.type == proto::frame_type::data_init) {
+    auto data_init = proto::decode_data_init(first.payload);
+    if (!data_init || data_init->version != proto::protocol_version) {
+      co_await proto::refuse(socket, proto::error_code::protocol_error, "malformed DATA_INIT");
+      co_return;
+    }
+    co_await attach_data(std::move(socket), *data_init);
+  } else {
+    co_await proto::refuse(
+        socket, proto::error_code::protocol_error,
+        "expected INIT or DATA_INIT, got " + std::string(proto::to_string(first.header.type)));
+  }
+}
+
+std::optional<std::string> supervisor::check_token(const std::string& token) const {
+  if (config_.tokens.empty()) return std::nullopt;
+  bool match = false;
+  for (const auto& accepted : config_.tokens)  // no early exit: same time whichever matches
+    match |= shared::util::equal_constant_time(token, accepted);
+  if (match) return std::nullopt;
+  return token.empty() ? "this server needs a token (--token)" : "the token is not valid";
+}
+
+supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
+  auto it = tunnels_.find(id);
+  return it == tunnels_.end() ? nullptr : it->second;
+}
+
+asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_message init) {
+  boost::system::error_code ec;
+  const auto peer_text = shared::net::to_string(socket.remote_endpoint(ec));
+  if (stopping_) {
+    co_await proto::refuse(socket, proto::error_code::shutting_down, "the server is shutting down");
+    co_return;
+  }
+  if (auto problem = check_token(init.token)) {
+    spdlog::info("{}: refused: {}", peer_text, *problem);
+    co_await proto::refuse(socket, proto::error_code::bad_token, *problem);
+    co_return;
+  }
+
+  // A client that reconnects with its tunnel's id and secret gets the same tunnel back. A wrong
+  // secret is indistinguishable from an unknown id: the request is then served as a new tunnel.
+  tunnel_ptr t;
+  if (init.reclaim) {
+    auto held = find_by_id(init.reclaim->tunnel_id);
+    if (held && held->state != ipc::slot_state::stopping &&
+        shared::util::equal_constant_time(held->secret, init.reclaim->secret))
+      t = held;
+  }
+  const bool reclaimed = t != nullptr;
+
+  if (!t) {
+    if (free_slots_.empty()) {
+      spdlog::info("{}: refused: tunnel limit {} reached", peer_text, config_.max_tunnels);
+      co_await proto::refuse(
+          socket, proto::error_code::no_capacity,
+          "this server is at its limit of " + std::to_string(config_.max_tunnels) + " tunnels");
+      co_return;
+    }
+    auto name = domains_.take(init.subdomain);
+    if (name.status != domain_pool::result::ok) {
+      const auto code =
+          name.status == domain_pool::result::name_taken     ? proto::error_code::name_taken
+          : name.status == domain_pool::result::name_invalid ? proto::error_code::name_invalid
+                                                             : proto::error_code::no_capacity;
+      spdlog::info("{}: refused: {}", peer_text, name.error);
+      co_await proto::refuse(socket, code, name.error);
+      co_return;
+    }
+    auto listener = ports_.bind_any();
+    if (!listener) {
+      domains_.give_back(name.domain);
+      spdlog::warn("{}: refused: no free public port in {}-{}", peer_text, config_.port_min,
+                   config_.port_max);
+      co_await proto::refuse(socket, proto::error_code::no_capacity, "no free public port");
+      co_return;
+    }
+    t = std::make_shared<tunnel>(io_, std::move(*listener));
+    do t->id = shared::util::random_u64();
+    while (t->id == 0 || tunnels_.count(t->id));
+    shared::util::fill_random(t->secret);
+    t->domain = name.domain;
+    t->port = t->listener.local_endpoint().port();
+    t->kind = init.kind;
+    t->slot = free_slots_.back();
+    free_slots_.pop_back();
+    t->created_unix_ms = unix_ms_now();
+    tunnels_[t->id] = t;  // registered now, so nothing can take its slot, name or port
+    publish(*t);
+  }
+
+  proto::domain_message offer;
+  offer.tunnel_id = t->id;
+  offer.secret = t->secret;
+  offer.public_port = t->port;
+  offer.heartbeat_interval_s = std::uint16_t(config_.heartbeat_interval.count());
+  offer.data_connections = config_.data_connections;
+  offer.domain = t->domain;
+  offer.public_url = public_url(*t);
+  auto write_error = co_await proto::write_frame(socket, proto::encode(offer));
+  auto reply = write_error ? proto::read_result{proto::read_failure{
+                                 proto::read_failure::kind::io_error, write_error.message()}}
+                           : co_await proto::read_frame(socket, config_.handshake_timeout);
+  auto* ack = std::get_if<proto::frame>(&reply);
+  if (!ack || ack->header.type != proto::frame_type::ack) {
+    spdlog::info("{}: no ACK for {}; {}", peer_text, t->domain,
+                 reclaimed ? "tunnel left as it was" : "released");
+    if (ack) co_await proto::refuse(socket, proto::error_code::protocol_error, "expected ACK");
+    if (!reclaimed && t->state == ipc::slot_state::starting) finish_tunnel(t);
+    co_return;
+  }
+  if (t->state == ipc::slot_state::stopping) {  // shut down while we waited for the ACK
+    co_await proto::refuse(socket, proto::error_code::shutting_down, "the server is shutting down");
+    co_return;
+  }
+
+  spdlog::info("{}: {} {} tunnel {} on port {}", peer_text, reclaimed ? "reclaimed" : "opened",
+               init.kind == proto::tunnel_kind::tcp ? "tcp" : "http", t->domain, t->port);
+  attach_control(t, std::move(socket));
+  if (!t->worker_pid) start_worker(t);  // a new tunnel, or one whose worker restart is pending
+}
+
+void supervisor::attach_control(const tunnel_ptr& t, tcp::socket socket) {
+  t->grace_timer.cancel();
+  boost::system::error_code ec;
+  t->client_addr = shared::net::to_string(socket.remote_endpoint(ec));
+  auto link = std::make_shared<proto::control_link>(std::move(socket), config_.heartbeat_interval,
+                                                    config_.heartbeat_timeout,
+                                                    proto::control_link::hooks{});
+  const proto::control_link* raw = link.get();
+  proto::control_link::hooks hooks;
+  hooks.on_frame = [domain = t->domain](proto::frame&& f) {
+    if (f.header.type == proto::frame_type::error) {
+      auto e = proto::decode_error_message(f.payload);
+      spdlog::info("{}: client reported an error: {}", domain, e ? e->message : "(malformed)");
+    } else {
+      spdlog::debug("{}: ignoring {} frame on the control connection", domain,
+                    proto::to_string(f.header.type));
+    }
+  };
+  hooks.on_closed = [this, weak = std::weak_ptr<tunnel>(t), raw](const std::string& reason) {
+    auto t = weak.lock();
+    // A link replaced by a reconnect closes too; only the current one's loss means anything.
+    if (!t || t->control.get() != raw) return;
+    hold(t, reason);
+  };
+  link->set_hooks(std::move(hooks));
+  auto previous = std::exchange(t->control, link);
+  if (previous) previous->close("replaced by a reconnect");
+  t->state = ipc::slot_state::active;
+  publish(*t);
+  link->start();
+}
+
+// ---- Data connections -----------------------------------------------------------------------
+
+asio::awaitable<void> supervisor::attach_data(tcp::socket socket, proto::data_init_message init) {
+  auto t = find_by_id(init.tunnel_id);
+  if (!t || t->state == ipc::slot_state::stopping ||
+      !shared::util::equal_constant_time(t->secret, init.secret)) {
+    boost::system::error_code ec;
+    spdlog::info("{}: data connection refused: unknown tunnel or wrong secret",
+                 shared::net::to_string(socket.remote_endpoint(ec)));
+    co_await proto::refuse(socket, proto::error_code::unknown_tunnel,
+                           "no tunnel with this id and secret");
+    co_return;
+  }
+  if (t->worker_ready && t->channel) {
+    co_await hand_over(t, std::move(socket));
+    co_return;
+  }
+  if (t->waiting_data.size() >= max_waiting_data) {
+    co_await proto::refuse(socket, proto::error_code::overloaded,
+                           "too many data connections waiting for the tunnel's worker");
+    co_return;
+  }
+  t->waiting_data.push_back(std::move(socket));  // handed over when the worker reports ready
+}
+
+asio::awaitable<void> supervisor::hand_over(tunnel_ptr t, tcp::socket socket) {
+  auto channel = t->channel;
+  boost::system::error_code ec;
+  const auto peer = shared::net::to_string(socket.remote_endpoint(ec));
+  if (ec) co_return;
+  if (auto err = co_await ipc::send_message(*channel, "D" + peer, socket.native_handle())) {
+    // The worker is going away; the client sees its data connection close and dials again.
+    spdlog::warn("{}: handing a data connection to the worker failed: {}", t->domain,
+                 err.message());
+  }
+  // Our copy closes here; the worker's copy of the connection lives on.
+}
+
+// ---- Workers --------------------------------------------------------------------------------
+
+void supervisor::start_worker(const tunnel_ptr& t) {
+  auto channel = std::make_shared<ipc::channel_socket>(io_);
+  ipc::channel_socket worker_end(io_);
+  ipc::make_channel_pair(*channel, worker_end);
+
+  worker_spawn spawn_request;
+  spawn_request.executable = worker_path_;
+  spawn_request.arguments = {
+      "--segment",
+      table_->name(),
+      "--slot",
+      std::to_string(t->slot),
+      "--domain",
+      t->domain,
+      "--log-level",
+      config_.log_level,
+      "--keepalive-ms",
+      std::to_string(config_.heartbeat_interval.count() * 1000),
+      "--idle-timeout-ms",
+      std::to_string(config_.heartbeat_timeout.count() * 1000),
+  };
+  spawn_request.channel_fd = worker_end.native_handle();
+  spawn_request.listener_fd = t->listener.native_handle();
+  boost::system::error_code ec;
+  const pid_t pid = launch_worker(io_, spawn_request, ec);
+  worker_end.close();
+  if (!pid) {
+    spdlog::error("{}: starting worker {} failed: {}", t->domain, worker_path_, ec.message());
+    if (t->control)
+      t->control->close_with_error(proto::error_code::internal,
+                                   "the server could not start this tunnel's worker");
+    stop_tunnel(t, "worker could not start");
+    return;
+  }
+  t->worker_pid = pid;
+  t->channel = channel;
+  t->worker_ready = false;
+  t->worker_started = std::chrono::steady_clock::now();
+  by_worker_pid_[pid] = t;
+  publish(*t);
+  spdlog::info("{}: worker {} started", t->domain, pid);
+  spawn(io_, worker_channel_loop(t, channel), "worker channel");
+}
+
+asio::awaitable<void> supervisor::worker_channel_loop(
+    tunnel_ptr t, std::shared_ptr<ipc::channel_socket> channel) {
+  for (;;) {
+    auto received = co_await ipc::receive_message(*channel);
+    if (std::holds_alternative<boost::system::error_code>(received)) co_return;  // reaper handles
+    auto& message = std::get<ipc::channel_message>(received);
+    if (message.fd >= 0) ::close(message.fd);  // workers never send descriptors
+    if (t->channel != channel || message.payload.empty()) continue;
+    if (message.payload == "R") {
+      t->worker_ready = true;
+      if (t->reopen_pending && t->control)
+        t->control->send(proto::encode_empty(proto::frame_type::reopen));
+      t->reopen_pending = false;
+      while (!t->waiting_data.empty()) {
+        auto socket = std::move(t->waiting_data.front());
+        t->waiting_data.pop_front();
+        co_await hand_over(t, std::move(socket));
+      }
+    } else if (message.payload[0] == 'C') {
+      t->data_connections = std::uint16_t(std::strtoul(message.payload.c_str() + 1, nullptr, 10));
+      publish(*t);
+    }
+  }
+}
+
+asio::awaitable<void> supervisor::reap_loop() {
+  for (;;) {
+    auto [ec, signal] = co_await child_signals_.async_wait(use_tuple);
+    if (ec) co_return;
+    (void)signal;
+    // One SIGCHLD may stand for several exits: collect them all.
+    for (;;) {
+      int status = 0;
+      const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) break;
+      on_worker_exit(pid, status);
+    }
+  }
+}
+
+void supervisor::on_worker_exit(pid_t pid, int status) {
+  auto it = by_worker_pid_.find(pid);
+  if (it == by_worker_pid_.end()) return;
+  auto t = it->second;
+  by_worker_pid_.erase(it);
+  t->worker_pid = 0;
+  t->worker_ready = false;
+  if (t->channel) t->channel->close();
+  t->channel.reset();
+  const auto lived = std::chrono::steady_clock::now() - t->worker_started;
+
+  if (t->state == ipc::slot_state::stopping || stopping_) {
+    spdlog::info("{}: worker {} {}", t->domain, pid, describe_exit(status));
+    finish_tunnel(t);
+    return;
+  }
+  spdlog::warn("{}: worker {} {} unexpectedly", t->domain, pid, describe_exit(status));
+  t->quick_failures = lived < quick_exit ? t->quick_failures + 1 : 0;
+  const bool fatal = WIFEXITED(status) && WEXITSTATUS(status) == worker_exit_fatal;
+  if (fatal || t->quick_failures > max_quick_failures) {
+    spdlog::error("{}: worker keeps failing; closing the tunnel", t->domain);
+    if (t->control)
+      t->control->close_with_error(proto::error_code::internal,
+                                   "this tunnel's worker failed on the server");
+    stop_tunnel(t, "worker failed");
+    return;
+  }
+  restart_worker(t);
+}
+
+void supervisor::restart_worker(const tunnel_ptr& t) {
+  ++t->restarts;
+  t->reopen_pending = true;
+  // Back off when a worker dies right after starting (postfix master's rule).
+  const auto delay = t->quick_failures == 0
+                         ? std::chrono::milliseconds(0)
+                         : std::min(std::chrono::milliseconds(100 << std::min(t->quick_failures, 10u)),
+                                    std::chrono::milliseconds(5000));
+  t->stop_timer.expires_after(delay);
+  t->stop_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
+    auto t = weak.lock();
+    if (ec || !t || t->state == ipc::slot_state::stopping || t->worker_pid) return;
+    spdlog::info("{}: restarting worker (restart {})", t->domain, t->restarts);
+    start_worker(t);
+  });
+}
+
+// ---- Tunnel life cycle ----------------------------------------------------------------------
+
+void supervisor::hold(const tunnel_ptr& t, const std::string& reason) {
+  if (t->state == ipc::slot_state::stopping) return;
+  t->control.reset();
+  t->state = ipc::slot_state::held;
+  publish(*t);
+  spdlog::info("{}: client lost ({}); holding the domain for {} s", t->domain, reason,
+               config_.grace_period.count());
+  t->grace_timer.expires_after(config_.grace_period);
+  t->grace_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
+    auto t = weak.lock();
+    if (ec || !t || t->state != ipc::slot_state::held) return;
+    stop_tunnel(t, "grace period over");
+  });
+}
+
+void supervisor::stop_tunnel(const tunnel_ptr& t, const std::string& reason) {
+  if (t->state == ipc::slot_state::stopping) return;
+  spdlog::info("{}: stopping ({})", t->domain, reason);
+  t->state = ipc::slot_state::stopping;
+  t->grace_timer.cancel();
+  t->stop_timer.cancel();
+  publish(*t);
+  if (t->control) {
+    t->control->close_with_error(proto::error_code::shutting_down, "tunnel closed: " + reason);
+  }
+  if (!t->worker_pid) {
+    finish_tunnel(t);
+    return;
+  }
+  ::kill(t->worker_pid, SIGTERM);
+  t->stop_timer.expires_after(worker_kill_deadline);
+  t->stop_timer.async_wait([weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
+    auto t = weak.lock();
+    if (ec || !t || !t->worker_pid) return;
+    spdlog::warn("{}: worker {} ignored SIGTERM; killing it", t->domain, t->worker_pid);
+    ::kill(t->worker_pid, SIGKILL);
+  });
+}
+
+void supervisor::finish_tunnel(const tunnel_ptr& t) {
+  // Reached only once no worker runs for this tunnel, so nobody writes its slot any more.
+  t->state = ipc::slot_state::stopping;
+  t->grace_timer.cancel();
+  t->stop_timer.cancel();
+  if (t->control) t->control->close("tunnel released");
+  t->control.reset();
+  t->waiting_data.clear();
+  boost::system::error_code ignored;
+  t->listener.close(ignored);
+  ports_.give_back(t->port);
+  domains_.give_back(t->domain);
+  table_->clear(t->slot);
+  free_slots_.push_back(t->slot);
+  tunnels_.erase(t->id);
+  spdlog::info("{}: released (port {}, slot {})", t->domain, t->port, t->slot);
+  if (stopping_ && tunnels_.empty()) io_.stop();
+}
+
+asio::awaitable<void> supervisor::shutdown() {
+  if (stopping_) co_return;
+  stopping_ = true;
+  boost::system::error_code ignored;
+  control_.close(ignored);
+  for (auto& [id, t] : std::map(tunnels_)) stop_tunnel(t, "the server is shutting down");
+  if (tunnels_.empty()) {
+    io_.stop();
+    co_return;
+  }
+  // Workers had their SIGTERM and, past the kill deadline, SIGKILL; this is the last resort.
+  asio::steady_timer deadline(io_, worker_kill_deadline + std::chrono::seconds(2));
+  co_await deadline.async_wait(use_tuple);
+  spdlog::warn("{} tunnel(s) did not finish stopping; exiting anyway", tunnels_.size());
+  io_.stop();
+}
+
+// ---- Shared table ---------------------------------------------------------------------------
+
+void supervisor::publish(const tunnel& t) {
+  ipc::slot_identity identity;
+  identity.state = t.state;
+  identity.kind = table_kind(t.kind);
+  identity.tunnel_id = t.id;
+  identity.worker_pid = t.worker_pid;
+  identity.created_unix_ms = t.created_unix_ms;
+  identity.public_port = t.port;
+  identity.data_connections = t.data_connections;
+  identity.worker_restarts = t.restarts;
+  std::strncpy(identity.domain, t.domain.c_str(), sizeof(identity.domain) - 1);
+  std::strncpy(identity.client_addr, t.client_addr.c_str(), sizeof(identity.client_addr) - 1);
+  table_->write_identity(t.slot, identity);
+}
+
+std::string supervisor::public_url(const tunnel& t) const {
+  const auto port = std::to_string(t.port);
+  if (t.kind == proto::tunnel_kind::http) return "http://" + t.domain + ":" + port;
+  std::string host = config_.public_host;
+  if (host.empty()) {
+    const auto address = asio::ip::make_address(config_.public_bind);
+    host = address.is_unspecified() ? config_.base_domain : config_.public_bind;
+  }
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  return "tcp://" + host + ":" + port;
+}
+
+}  // namespace culvert::supervisor

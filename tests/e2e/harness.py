@@ -1,0 +1,262 @@
+"""Shared helpers for culvert's end-to-end tests: start the real programs on loopback, wait on
+conditions (never fixed sleeps), run small local services, and clean up every process started,
+also when a test fails. Each test file is one ctest test; CULVERT_BIN points at build/bin."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+BIN = os.environ.get("CULVERT_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def wait_until(predicate, timeout, what):
+    """Polls predicate until it returns a truthy value; fails the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class Process:
+    """A started program whose stdout and stderr go to files we can search."""
+
+    def __init__(self, name, args, workdir, env=None):
+        self.name = name
+        self.args = args
+        self.out_path = os.path.join(workdir, f"{name}.out")
+        self.err_path = os.path.join(workdir, f"{name}.err")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            args, stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
+            stdin=subprocess.DEVNULL, env=full_env)
+        self.pid = self.popen.pid
+
+    def stdout(self):
+        with open(self.out_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_for_output(self, pattern, timeout=15, stream="stdout"):
+        regex = re.compile(pattern)
+
+        def find():
+            text = self.stdout() if stream == "stdout" else self.stderr()
+            match = regex.search(text)
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before "
+                                     f"printing /{pattern}/:\n{self.stdout()}\n{self.stderr()}")
+            return None
+        return wait_until(find, timeout, f"{self.name} to print /{pattern}/")
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout=10):
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+class Supervisor:
+    def __init__(self, process, control_port, instance):
+        self.process = process
+        self.control_port = control_port
+        self.instance = instance
+        self.server = f"127.0.0.1:{control_port}"
+
+    def status(self):
+        out = subprocess.run([os.path.join(BIN, "culvert-status"), "--instance", self.instance,
+                              "--json"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, f"culvert-status failed: {out.stderr}"
+        return json.loads(out.stdout)
+
+    def tunnel(self, domain):
+        for t in self.status()["tunnels"]:
+            if t["domain"] == domain:
+                return t
+        return None
+
+
+class Client:
+    def __init__(self, process, url, domain, port):
+        self.process = process
+        self.url = url
+        self.domain = domain
+        self.port = port
+
+
+class Environment:
+    """Owns every process and service a test starts; tears all of them down on exit."""
+
+    counter = 0
+
+    def __init__(self):
+        self.workdir = tempfile.mkdtemp(prefix="culvert-e2e-")
+        self.processes = []
+        self.services = []
+        self.state_dir = os.path.join(self.workdir, "state")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        for s in self.services:
+            s.close()
+        for p in reversed(self.processes):
+            p.stop()
+        if kind is not None:
+            for p in self.processes:
+                print(f"----- {p.name} {' '.join(p.args)}\n--- stdout:\n{p.stdout()[-4000:]}"
+                      f"\n--- stderr:\n{p.stderr()[-6000:]}", file=sys.stderr)
+        return False
+
+    def start(self, name, args, env=None):
+        p = Process(name, args, self.workdir, env)
+        self.processes.append(p)
+        return p
+
+    def supervisor(self, *extra, name="supervisor"):
+        Environment.counter += 1
+        instance = f"e2e-{os.getpid()}-{Environment.counter}"
+        args = [os.path.join(BIN, "culvert-supervisor"), "--control", "127.0.0.1:0",
+                "--instance", instance, "--ports", "30000-39999", *extra]
+        p = self.start(name, args)
+        match = p.wait_for_output(r"control listening on 127\.0\.0\.1:(\d+)", stream="stderr")
+        return Supervisor(p, int(match.group(1)), instance)
+
+    def client(self, supervisor, kind, local, *extra, name=None, expect_url=True, server=None):
+        name = name or f"client{len(self.processes)}"
+        args = [os.path.join(BIN, "culvert"), kind, str(local), "--server",
+                server or supervisor.server, "--state-dir", self.state_dir, *extra]
+        p = self.start(name, args)
+        if not expect_url:
+            return p
+        return self.await_forwarding(p)
+
+    def await_forwarding(self, p, after=0):
+        match = p.wait_for_output(r"Forwarding ((?:http|tcp)://([^:\s]+):(\d+)) -> ")
+        return Client(p, match.group(1), match.group(2), int(match.group(3)))
+
+    def service(self, handler_factory):
+        s = TcpService(handler_factory)
+        self.services.append(s)
+        return s
+
+
+class TcpService:
+    """A threaded TCP server on 127.0.0.1; handler(sock) runs per connection."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1024)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+
+def echo_handler(conn):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            conn.shutdown(socket.SHUT_WR)
+            return
+        conn.sendall(data)
+
+
+def pattern_bytes(seed, size):
+    """Deterministic pseudo-random bytes (both ends can compute the hash)."""
+    out = bytearray()
+    block = hashlib.sha256(seed.encode()).digest()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(block + counter.to_bytes(8, "big")).digest() * 64
+        counter += 1
+    return bytes(out[:size])
+
+
+def connect(port, host="127.0.0.1", timeout=10):
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def recv_all(sock):
+    chunks = []
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def run_test(main):
+    """Runs main(), prints a clear verdict, exits non-zero on failure."""
+    started = time.monotonic()
+    try:
+        main()
+    except Exception:
+        traceback.print_exc()
+        print(f"FAIL after {time.monotonic() - started:.1f} s")
+        sys.exit(1)
+    print(f"PASS in {time.monotonic() - started:.1f} s")

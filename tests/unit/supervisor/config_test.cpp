@@ -1,0 +1,475 @@
+// Unit tests for the supervisor's configuration: defaults, TOML file, flags, precedence, checks.
+// Runs in the unit-test binary; touches only its own temporary files, removed even on failure.
+#include "supervisor/config.hpp"
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace culvert::supervisor;
+using namespace std::chrono_literals;
+
+parse_result parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "culvert-supervisor");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return parse_arguments(static_cast<int>(argv.size()), argv.data());
+}
+
+// A config file that removes itself when the test ends, passed or not.
+struct temp_file {
+  explicit temp_file(const std::string& text)
+      : path(std::filesystem::temp_directory_path() /
+             ("culvert-config-test-" + std::to_string(::getpid()) + "-" +
+              std::to_string(counter++) + ".toml")) {
+    std::ofstream(path) << text;
+  }
+  ~temp_file() { std::filesystem::remove(path); }
+  std::filesystem::path path;
+  static inline int counter = 0;
+};
+
+std::string load_error(const std::string& text) {
+  try {
+    load_toml(text, "test.toml");
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  FAIL("load_toml accepted: " << text);
+  return {};
+}
+
+std::string validate_error(const std::function<void(config&)>& change) {
+  config cfg;
+  change(cfg);
+  try {
+    validate(cfg);
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  FAIL("validate accepted the change");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("defaults are the documented ones and valid", "[config]") {
+  const config cfg;
+  CHECK(cfg.control_address == "127.0.0.1:7835");
+  CHECK(cfg.public_bind == "127.0.0.1");
+  CHECK(cfg.public_host.empty());
+  CHECK(cfg.base_domain == "localhost");
+  CHECK(cfg.port_min == 20000);
+  CHECK(cfg.port_max == 20999);
+  CHECK(cfg.tokens.empty());
+  CHECK(cfg.max_tunnels == 1024);
+  CHECK(cfg.grace_period == 30s);
+  CHECK(cfg.heartbeat_interval == 5s);
+  CHECK(cfg.heartbeat_timeout == 30s);
+  CHECK(cfg.handshake_timeout == 5s);
+  CHECK(cfg.max_pending_handshakes == 256);
+  CHECK(cfg.data_connections == 2);
+  CHECK(cfg.instance == "default");
+  CHECK(cfg.worker_path.empty());
+  CHECK(cfg.log_level == "info");
+  CHECK_NOTHROW(validate(cfg));
+
+  const auto result = parse({});
+  REQUIRE(result.cfg);
+  CHECK(*result.cfg == cfg);
+  CHECK(result.exit_code == 0);
+  CHECK(result.output.empty());
+}
+
+TEST_CASE("load_toml reads every key of [server]", "[config]") {
+  const config cfg = load_toml(R"(
+# a comment
+[server]
+control = "[::1]:9000"
+public_bind = "0.0.0.0"
+public_host = "tunnels.example.com"
+base_domain = "t.example.com"
+ports = "30000-30100"
+tokens = ["alpha", "beta"]
+max_tunnels = 50
+grace_period = 0
+heartbeat_interval = 2
+heartbeat_timeout = 7
+handshake_timeout = 3
+max_pending_handshakes = 10
+data_connections = 16
+instance = "staging_2"
+worker = "/opt/culvert/culvert-worker"
+log_level = "debug"
+)",
+                               "full.toml");
+  CHECK(cfg.control_address == "[::1]:9000");
+  CHECK(cfg.public_bind == "0.0.0.0");
+  CHECK(cfg.public_host == "tunnels.example.com");
+  CHECK(cfg.base_domain == "t.example.com");
+  CHECK(cfg.port_min == 30000);
+  CHECK(cfg.port_max == 30100);
+  CHECK(cfg.tokens == std::vector<std::string>{"alpha", "beta"});
+  CHECK(cfg.max_tunnels == 50);
+  CHECK(cfg.grace_period == 0s);
+  CHECK(cfg.heartbeat_interval == 2s);
+  CHECK(cfg.heartbeat_timeout == 7s);
+  CHECK(cfg.handshake_timeout == 3s);
+  CHECK(cfg.max_pending_handshakes == 10);
+  CHECK(cfg.data_connections == 16);
+  CHECK(cfg.instance == "staging_2");
+  CHECK(cfg.worker_path == "/opt/culvert/culvert-worker");
+  CHECK(cfg.log_level == "debug");
+  CHECK_NOTHROW(validate(cfg));
+}
+
+TEST_CASE("load_toml keeps defaults for missing keys", "[config]") {
+  CHECK(load_toml("", "empty.toml") == config{});
+  CHECK(load_toml("[server]\n", "empty.toml") == config{});
+  const config cfg = load_toml("[server]\nmax_tunnels = 7\n", "one.toml");
+  config expected;
+  expected.max_tunnels = 7;
+  CHECK(cfg == expected);
+}
+
+TEST_CASE("load_toml names the file, line and key of an unknown key", "[config]") {
+  const auto message = load_error("[server]\ncontrol = \"127.0.0.1:1\"\nbogus = 1\n");
+  CHECK(message == "test.toml: line 3: unknown key 'server.bogus'");
+  CHECK_THAT(load_error("[client]\nserver = \"x\"\n"),
+             Catch::Contains("line 1") && Catch::Contains("unknown table [client]"));
+  CHECK_THAT(load_error("control = \"127.0.0.1:1\"\n"),
+             Catch::Contains("unknown key 'control'") && Catch::Contains("[server]"));
+  CHECK_THAT(load_error("[server.extra]\na = 1\n"), Catch::Contains("unknown key 'server.extra'"));
+  CHECK_THAT(load_error("server = 5\n"), Catch::Contains("server must be a table"));
+}
+
+TEST_CASE("load_toml names the key and the expected type of a wrong value", "[config]") {
+  CHECK(load_error("[server]\nmax_tunnels = \"10\"\n") ==
+        "test.toml: line 2: max_tunnels must be an integer, got a string");
+  CHECK(load_error("[server]\ncontrol = 7835\n") ==
+        "test.toml: line 2: control must be a string, got an integer");
+  CHECK_THAT(load_error("[server]\ngrace_period = 1.5\n"),
+             Catch::Contains("grace_period must be an integer, got a floating-point number"));
+  CHECK_THAT(load_error("[server]\ntokens = \"abc\"\n"),
+             Catch::Contains("tokens must be an array of strings, got a string"));
+  CHECK_THAT(load_error("[server]\ntokens = [\"a\", 2]\n"),
+             Catch::Contains("tokens[1] must be a string, got an integer"));
+  CHECK_THAT(load_error("[server]\nlog_level = true\n"),
+             Catch::Contains("log_level must be a string, got a boolean"));
+}
+
+TEST_CASE("load_toml reports syntax errors and bad values with their line", "[config]") {
+  CHECK_THAT(load_error("[server]\ncontrol = \n"), Catch::StartsWith("test.toml: line 2: "));
+  CHECK_THAT(load_error("[server]\nmax_tunnels = 1\nmax_tunnels = 2\n"),
+             Catch::StartsWith("test.toml: line 3: "));
+  CHECK(load_error("[server]\n\ndata_connections = 17\n") ==
+        "test.toml: line 3: data_connections must be between 1 and 16, got 17");
+  CHECK_THAT(load_error("[server]\nports = \"20000\"\n"),
+             Catch::StartsWith("test.toml: line 2: ports must be MIN-MAX"));
+  CHECK_THAT(load_error("[server]\nmax_tunnels = 99999999999\n"),
+             Catch::Contains("max_tunnels must be between 1 and 65536"));
+  CHECK_THAT(load_error("[server]\ntokens = [\"\"]\n"), Catch::Contains("tokens[0] must be 1-255"));
+}
+
+TEST_CASE("flags override the file, the file overrides defaults", "[config]") {
+  const temp_file file(R"([server]
+max_tunnels = 10
+base_domain = "file.example.com"
+tokens = ["from-file"]
+grace_period = 60
+)");
+  const auto from_file = parse({"--config", file.path.string()});
+  REQUIRE(from_file.cfg);
+  CHECK(from_file.cfg->max_tunnels == 10);
+  CHECK(from_file.cfg->base_domain == "file.example.com");
+  CHECK(from_file.cfg->tokens == std::vector<std::string>{"from-file"});
+  CHECK(from_file.cfg->grace_period == 60s);
+  CHECK(from_file.cfg->data_connections == 2);  // default kept
+
+  const auto with_flags = parse({"--max-tunnels", "20", "--config", file.path.string(), "--token",
+                                 "one", "--token=two", "--grace-period", "0"});
+  REQUIRE(with_flags.cfg);
+  CHECK(with_flags.cfg->max_tunnels == 20);
+  CHECK(with_flags.cfg->base_domain == "file.example.com");
+  CHECK(with_flags.cfg->tokens == std::vector<std::string>{"one", "two"});
+  CHECK(with_flags.cfg->grace_period == 0s);
+}
+
+TEST_CASE("every flag sets its field", "[config]") {
+  const auto result = parse({"--control",
+                             "0.0.0.0:0",
+                             "--public-bind",
+                             "::",
+                             "--public-host",
+                             "203.0.113.7",
+                             "--base-domain",
+                             "tunnel.test",
+                             "--ports",
+                             "1000-1001",
+                             "--token",
+                             "t",
+                             "--max-tunnels",
+                             "3",
+                             "--grace-period",
+                             "4",
+                             "--heartbeat-interval",
+                             "6",
+                             "--heartbeat-timeout",
+                             "13",
+                             "--handshake-timeout",
+                             "8",
+                             "--max-pending-handshakes",
+                             "9",
+                             "--data-connections",
+                             "1",
+                             "--instance",
+                             "i-1",
+                             "--worker",
+                             "/bin/w",
+                             "--log-level",
+                             "trace"});
+  INFO(result.output);
+  REQUIRE(result.cfg);
+  const config& cfg = *result.cfg;
+  CHECK(cfg.control_address == "0.0.0.0:0");
+  CHECK(cfg.public_bind == "::");
+  CHECK(cfg.public_host == "203.0.113.7");
+  CHECK(cfg.base_domain == "tunnel.test");
+  CHECK(cfg.port_min == 1000);
+  CHECK(cfg.port_max == 1001);
+  CHECK(cfg.tokens == std::vector<std::string>{"t"});
+  CHECK(cfg.max_tunnels == 3);
+  CHECK(cfg.grace_period == 4s);
+  CHECK(cfg.heartbeat_interval == 6s);
+  CHECK(cfg.heartbeat_timeout == 13s);
+  CHECK(cfg.handshake_timeout == 8s);
+  CHECK(cfg.max_pending_handshakes == 9);
+  CHECK(cfg.data_connections == 1);
+  CHECK(cfg.instance == "i-1");
+  CHECK(cfg.worker_path == "/bin/w");
+  CHECK(cfg.log_level == "trace");
+}
+
+TEST_CASE("validate rejects each bad value with the setting's name", "[config]") {
+  struct bad_case {
+    std::function<void(config&)> change;
+    std::string expected;  // substring of the message
+  };
+  const std::vector<bad_case> cases = {
+      {[](config& c) { c.control_address = "127.0.0.1"; }, "control (--control) must be IP:PORT"},
+      {[](config& c) { c.control_address = "::1:80"; }, "control (--control)"},
+      {[](config& c) { c.control_address = "localhost:80"; }, "control (--control)"},
+      {[](config& c) { c.control_address = "[127.0.0.1]:80"; }, "control (--control)"},
+      {[](config& c) { c.control_address = "127.0.0.1:65536"; }, "control (--control)"},
+      {[](config& c) { c.control_address = ""; }, "control (--control)"},
+      {[](config& c) { c.public_bind = "not-an-ip"; }, "public_bind (--public-bind) must be an IP"},
+      {[](config& c) { c.public_bind = "[::1]"; }, "public_bind (--public-bind)"},
+      {[](config& c) { c.public_bind = ""; }, "public_bind (--public-bind)"},
+      {[](config& c) { c.public_host = "bad host"; }, "public_host (--public-host)"},
+      {[](config& c) { c.base_domain = ""; }, "base_domain (--base-domain) must not be empty"},
+      {[](config& c) { c.base_domain = "Example.com"; }, "base_domain (--base-domain)"},
+      {[](config& c) { c.base_domain = "a..b"; }, "base_domain (--base-domain)"},
+      {[](config& c) { c.base_domain = "example.com."; }, "base_domain (--base-domain)"},
+      {[](config& c) { c.base_domain = "-a.com"; }, "starts or ends with '-'"},
+      {[](config& c) { c.base_domain = "a-.com"; }, "starts or ends with '-'"},
+      {[](config& c) { c.base_domain = "a_b.com"; }, "base_domain (--base-domain)"},
+      {[](config& c) { c.base_domain = std::string(64, 'a') + ".com"; }, "1-63 characters"},
+      {[](config& c) { c.base_domain = "10.0.0.1"; }, "not an IP address"},
+      {[](config& c) { c.base_domain = std::string(50, 'a') + "." + std::string(50, 'b'); },
+       "at most 100 characters"},
+      {[](config& c) { c.port_min = 0; }, "ports (--ports) must be MIN-MAX with 1 <= MIN"},
+      {[](config& c) {
+         c.port_min = 30000;
+         c.port_max = 20000;
+       },
+       "ports (--ports) must be MIN-MAX"},
+      {[](config& c) {
+         c.tokens = {"ok", ""};
+       },
+       "tokens (--token) token 2 must be 1-255 bytes"},
+      {[](config& c) { c.tokens = {std::string(256, 'x')}; }, "got 256 bytes"},
+      {[](config& c) { c.max_tunnels = 0; }, "max_tunnels (--max-tunnels) must be between 1"},
+      {[](config& c) { c.max_tunnels = 65537; }, "max_tunnels (--max-tunnels)"},
+      {[](config& c) { c.grace_period = -1s; }, "grace_period (--grace-period) must be between 0"},
+      {[](config& c) { c.grace_period = std::chrono::seconds(limits::max_seconds + 1); },
+       "grace_period (--grace-period)"},
+      {[](config& c) { c.heartbeat_interval = 0s; }, "heartbeat_interval (--heartbeat-interval)"},
+      {[](config& c) {
+         c.heartbeat_interval = 3601s;
+         c.heartbeat_timeout = 7200s;
+       },
+       "heartbeat_interval (--heartbeat-interval) must be between 1 and 3600, got 3601"},
+      {[](config& c) { c.heartbeat_timeout = 5s; },
+       "heartbeat_timeout (--heartbeat-timeout) must be greater than heartbeat_interval (5), "
+       "got 5"},
+      {[](config& c) {
+         c.heartbeat_interval = 10s;
+         c.heartbeat_timeout = 9s;
+       },
+       "must be greater than heartbeat_interval (10)"},
+      {[](config& c) { c.handshake_timeout = 0s; }, "handshake_timeout (--handshake-timeout)"},
+      {[](config& c) { c.max_pending_handshakes = 0; },
+       "max_pending_handshakes (--max-pending-handshakes)"},
+      {[](config& c) { c.data_connections = 0; },
+       "data_connections (--data-connections) must be between 1 and 16, got 0"},
+      {[](config& c) { c.data_connections = 17; }, "data_connections (--data-connections)"},
+      {[](config& c) { c.instance = ""; }, "instance (--instance) must be 1-32 characters"},
+      {[](config& c) { c.instance = std::string(33, 'a'); }, "instance (--instance)"},
+      {[](config& c) { c.instance = "a/b"; }, "instance (--instance)"},
+      {[](config& c) { c.worker_path = std::string("a\0b", 3); }, "worker (--worker)"},
+      {[](config& c) { c.log_level = "verbose"; },
+       "log_level (--log-level) must be one of trace, debug, info, warn, error, got 'verbose'"},
+      {[](config& c) { c.log_level = "INFO"; }, "log_level (--log-level)"},
+  };
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    INFO("case " << i);
+    CHECK_THAT(validate_error(cases[i].change), Catch::Contains(cases[i].expected));
+  }
+}
+
+TEST_CASE("validate accepts the edges of each range", "[config]") {
+  config cfg;
+  cfg.control_address = "[::]:0";
+  cfg.public_bind = "::1";
+  cfg.public_host = "2001:db8::1";
+  cfg.base_domain = std::string(63, 'a') + "." + std::string(36, 'b');  // 100 characters
+  cfg.port_min = cfg.port_max = 1;
+  cfg.tokens = {std::string(255, 'x'), "y"};
+  cfg.max_tunnels = 1;
+  cfg.grace_period = 0s;
+  cfg.heartbeat_interval = 1s;
+  cfg.heartbeat_timeout = 2s;
+  cfg.handshake_timeout = 1s;
+  cfg.max_pending_handshakes = 1;
+  cfg.data_connections = 16;
+  cfg.instance = std::string(32, 'Z');
+  cfg.log_level = "error";
+  CHECK_NOTHROW(validate(cfg));
+}
+
+TEST_CASE("--help exits 0 and mentions every flag and its default", "[config]") {
+  const auto result = parse({"--help"});
+  CHECK_FALSE(result.cfg);
+  CHECK(result.exit_code == 0);
+  for (const char* flag : {"--config",
+                           "--control",
+                           "--public-bind",
+                           "--public-host",
+                           "--base-domain",
+                           "--ports",
+                           "--token",
+                           "--max-tunnels",
+                           "--grace-period",
+                           "--heartbeat-interval",
+                           "--heartbeat-timeout",
+                           "--handshake-timeout",
+                           "--max-pending-handshakes",
+                           "--data-connections",
+                           "--instance",
+                           "--worker",
+                           "--log-level",
+                           "--print-config",
+                           "--version",
+                           "--help"}) {
+    INFO(flag);
+    CHECK_THAT(result.output, Catch::Contains(flag));
+  }
+  for (const char* shown_default :
+       {"(default: 127.0.0.1:7835)", "(default: 127.0.0.1)", "(default: the --public-bind",
+        "(default: localhost)", "(default: 20000-20999)", "(default: 1024)", "(default: 30)",
+        "(default: 5)", "(default: 256)", "(default: 2)", "(default: default)",
+        "(default: culvert-worker", "(default: info)", "(default: none"}) {
+    INFO(shown_default);
+    CHECK_THAT(result.output, Catch::Contains(shown_default));
+  }
+}
+
+TEST_CASE("--version exits 0 with the version", "[config]") {
+  const auto result = parse({"--version"});
+  CHECK_FALSE(result.cfg);
+  CHECK(result.exit_code == 0);
+  CHECK(result.output == "culvert-supervisor " + std::string(version()) + "\n");
+  CHECK(version() == "0.1.0");
+}
+
+TEST_CASE("--print-config round-trips through load_toml", "[config]") {
+  const std::vector<std::string> args = {"--control",      "[::1]:0",
+                                         "--base-domain",  "x.example",
+                                         "--ports",        "4000-4010",
+                                         "--token",        "plain",
+                                         "--token",        "q\"uo\\te\tnl\n",
+                                         "--worker",       "/path with spaces/\"w\"",
+                                         "--log-level",    "warn",
+                                         "--grace-period", "0"};
+  const auto run = parse(args);
+  REQUIRE(run.cfg);
+
+  auto printed_args = args;
+  printed_args.push_back("--print-config");
+  const auto printed = parse(printed_args);
+  CHECK_FALSE(printed.cfg);
+  REQUIRE(printed.exit_code == 0);
+  CHECK_THAT(printed.output, Catch::Contains("[server]"));
+
+  const config reloaded = load_toml(printed.output, "printed.toml");
+  CHECK(reloaded == *run.cfg);
+  CHECK(to_toml(reloaded) == printed.output);
+
+  // Defaults too, including the empty strings.
+  CHECK(load_toml(to_toml(config{}), "defaults.toml") == config{});
+}
+
+TEST_CASE("bad --ports syntax is an error", "[config]") {
+  for (const char* ports : {"20000", "a-b", "20000-", "-20000", "1-2-3", "30000-20000", "0-10",
+                            "1-70000", " 1-2", "1 - 2", "", "0x10-0x20", "+1-2"}) {
+    INFO("--ports " << ports);
+    const auto result = parse({"--ports", ports});
+    CHECK_FALSE(result.cfg);
+    CHECK(result.exit_code == 2);
+    CHECK_THAT(result.output, Catch::Contains("--ports"));
+  }
+  const auto ok = parse({"--ports", "1-65535"});
+  REQUIRE(ok.cfg);
+  CHECK(ok.cfg->port_min == 1);
+  CHECK(ok.cfg->port_max == 65535);
+}
+
+TEST_CASE("flag errors exit 2 with the program name and a hint", "[config]") {
+  const auto check_error = [](std::vector<std::string> args, const std::string& expected) {
+    const auto result = parse(std::move(args));
+    CHECK_FALSE(result.cfg);
+    CHECK(result.exit_code == 2);
+    CHECK_THAT(result.output, Catch::StartsWith("culvert-supervisor: ") &&
+                                  Catch::Contains(expected) && Catch::Contains("--help"));
+  };
+  check_error({"--max-tunnels", "abc"}, "--max-tunnels must be an integer, got 'abc'");
+  check_error({"--max-tunnels", "0"}, "--max-tunnels must be between 1 and 65536, got 0");
+  check_error({"--data-connections", "300"}, "--data-connections must be between 1 and 16");
+  check_error({"--grace-period", "-1"}, "--grace-period must be between 0");
+  check_error({"--heartbeat-interval", "30"}, "must be greater than heartbeat_interval (30)");
+  check_error({"--log-level", "loud"}, "--log-level must be one of");
+  check_error({"--control", "nohost"}, "--control must be IP:PORT");
+  check_error({"--token", ""}, "--token (occurrence 1) must be 1-255 bytes");
+  check_error({"--no-such-flag"}, "--no-such-flag");
+  check_error({"extra"}, "extra");
+  check_error({"--max-tunnels"}, "--max-tunnels");
+  check_error({"--config", "/nonexistent/culvert.toml"},
+              "cannot open config file '/nonexistent/culvert.toml'");
+}
+
+TEST_CASE("a bad config file fails parse_arguments with its location", "[config]") {
+  const temp_file file("[server]\nmax_tunnels = 5\nlisten = \"x\"\n");
+  const auto result = parse({"--config", file.path.string()});
+  CHECK_FALSE(result.cfg);
+  CHECK(result.exit_code == 2);
+  CHECK_THAT(result.output,
+             Catch::Contains(file.path.string() + ": line 3: unknown key 'server.listen'"));
+}
