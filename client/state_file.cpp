@@ -2,6 +2,7 @@
 #include "client/state_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,7 +10,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -47,10 +47,38 @@ bool from_hex(const std::string& text, std::span<std::uint8_t> out) {
 
 state_file::state_file(std::string dir, const std::string& key) : dir_(std::move(dir)) {
   if (dir_.empty()) return;
-  // The key holds the server address and more; a hash keeps the file name short and safe.
+  // The key holds the server address and more; a hash (FNV-1a, stable across builds) keeps the
+  // file name short and safe.
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  for (unsigned char c : key) hash = (hash ^ c) * 0x100000001b3ULL;
   char name[40];
-  std::snprintf(name, sizeof(name), "tunnel-%016zx.json", std::hash<std::string>{}(key));
+  std::snprintf(name, sizeof(name), "tunnel-%016llx.json", static_cast<unsigned long long>(hash));
   path_ = dir_ + "/" + name;
+
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec) {
+    spdlog::warn("cannot create state directory {}: {}; the address will not be kept", dir_,
+                 ec.message());
+    path_.clear();
+    return;
+  }
+  ::chmod(dir_.c_str(), 0700);
+  const auto lock_path = path_ + ".lock";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      spdlog::info("another culvert with the same arguments is running; this one gets an "
+                   "address of its own and does not save it");
+    else
+      spdlog::warn("cannot lock {}: {}; the address will not be kept", lock_path,
+                   std::strerror(errno));
+    path_.clear();
+  }
+}
+
+state_file::~state_file() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 std::optional<saved_tunnel> state_file::load() const {
@@ -72,13 +100,6 @@ std::optional<saved_tunnel> state_file::load() const {
 
 bool state_file::save(const saved_tunnel& saved) const {
   if (path_.empty()) return true;
-  std::error_code ec;
-  std::filesystem::create_directories(dir_, ec);
-  if (ec) {
-    spdlog::warn("cannot create state directory {}: {}", dir_, ec.message());
-    return false;
-  }
-  ::chmod(dir_.c_str(), 0700);
   const nlohmann::json json = {{"tunnel_id", saved.tunnel_id},
                                {"secret", to_hex(saved.secret)},
                                {"domain", saved.domain}};

@@ -1,7 +1,9 @@
 // The client's per-user state file: the tunnel id and reclaim secret of the last tunnel opened
 // with the same server, kind, local address and subdomain, so that a restarted client gets its
 // domain and port back within the server's grace period. Runs in the culvert CLI.
-// Invariant: the file is written whole (temporary file + rename) and readable by its owner only.
+// Invariant: the file is written whole (temporary file + rename) and readable by its owner only;
+// one running client at a time uses it (an flock on a lock file beside it), so a second client
+// started with the same arguments opens a tunnel of its own instead of taking over the first's.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,9 @@ class state_file {
  public:
   // dir empty = disabled (load finds nothing, save does nothing). `key` names the tunnel setup.
   state_file(std::string dir, const std::string& key);
+  ~state_file();
+  state_file(const state_file&) = delete;
+  state_file& operator=(const state_file&) = delete;
   std::optional<saved_tunnel> load() const;
   // Returns false (after logging why) if the file could not be written.
   bool save(const saved_tunnel&) const;
@@ -29,6 +34,7 @@ class state_file {
 
  private:
   std::string dir_, path_;
+  int lock_fd_ = -1;
 };
 
 }  // namespace culvert::client

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
@@ -37,7 +38,7 @@ worker::worker(asio::io_context& io, worker_options options)
       channel_(io, shared::ipc::unix_seqpacket(), options_.channel_fd),
       listener_(io, protocol_of(options_.listener_fd), options_.listener_fd),
       table_(options_.segment, options_.slot),
-      sessions_changed_(io),
+      sessions_changed_(io, asio::steady_timer::time_point::max()),
       signals_(io, SIGTERM, SIGINT) {}
 
 void worker::start() {
@@ -49,9 +50,7 @@ void worker::start() {
                  options_.drain_timeout.count());
     spawn(io_, drain_and_exit(), "drain");
   });
-  spawn(io_, [this]() -> asio::awaitable<void> {
-    co_await shared::ipc::send_message(channel_, "R");
-  }(), "ready message");
+  spawn(io_, tell_supervisor("R"), "ready message");
   spdlog::info("serving {} on {}", options_.domain, net::to_string(listener_.local_endpoint()));
 }
 
@@ -126,10 +125,14 @@ asio::awaitable<void> worker::adopt(tcp::socket connection) {
 }
 
 void worker::report_data_connections() {
-  auto text = "C" + std::to_string(sessions_.size());
-  spawn(io_, [this, text]() -> asio::awaitable<void> {
-    co_await shared::ipc::send_message(channel_, text);
-  }(), "data connection report");
+  spawn(io_, tell_supervisor("C" + std::to_string(sessions_.size())), "data connection report");
+}
+
+// A member coroutine rather than a capturing lambda: a lambda's captures die with the closure
+// object, before the coroutine that uses them has finished.
+asio::awaitable<void> worker::tell_supervisor(std::string message) {
+  if (auto ec = co_await shared::ipc::send_message(channel_, message))
+    spdlog::warn("telling the supervisor '{}' failed: {}", message.substr(0, 1), ec.message());
 }
 
 std::shared_ptr<net::mux_session> worker::least_loaded_session() {
@@ -139,14 +142,48 @@ std::shared_ptr<net::mux_session> worker::least_loaded_session() {
   return best;
 }
 
+// Waits until a data connection exists, for at most `limit`; true if one does.
+asio::awaitable<bool> worker::wait_for_session(std::chrono::steady_clock::duration limit) {
+  using namespace asio::experimental::awaitable_operators;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!least_loaded_session() && !stopping_ && std::chrono::steady_clock::now() < deadline) {
+    asio::steady_timer give_up(io_, deadline);
+    co_await (sessions_changed_.async_wait(use_tuple) || give_up.async_wait(use_tuple));
+  }
+  co_return least_loaded_session() != nullptr && !stopping_;
+}
+
+// Hands the visitor to the least-loaded data connection as a new stream; false if none would
+// take it (a socket already moved into a refusing session is reset by it).
+bool worker::relay(tcp::socket& visitor, const std::string& peer) {
+  auto session = least_loaded_session();
+  if (!session || !session->open_stream(std::move(visitor), peer)) return false;
+  auto& counters = table_.counters();
+  counters.open_visitors.fetch_add(1, std::memory_order_relaxed);
+  counters.total_visitors.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+// A visitor accepted just as the data connections went away (the client is reconnecting):
+// hold it for a while rather than refuse it.
+asio::awaitable<void> worker::relay_when_connected(tcp::socket visitor, std::string peer) {
+  ++parked_visitors_;
+  const bool connected = co_await wait_for_session(options_.visitor_wait);
+  --parked_visitors_;
+  if (!connected || !relay(visitor, peer)) {
+    spdlog::info("visitor {} reset: no data connection from the client within {} s", peer,
+                 options_.visitor_wait.count());
+    net::reset_and_close(visitor);
+  }
+}
+
 asio::awaitable<void> worker::accept_loop() {
   auto& counters = table_.counters();
   while (!stopping_) {
+    // No data connection: leave visitors in the kernel's backlog until one arrives.
     if (!least_loaded_session()) {
-      // No data connection: leave visitors in the kernel's backlog until one arrives.
-      sessions_changed_.expires_at(asio::steady_timer::time_point::max());
-      co_await sessions_changed_.async_wait(use_tuple);
-      continue;
+      co_await wait_for_session(std::chrono::hours(24));
+      continue;  // look again: a session, or stopping
     }
     auto [ec, visitor] = co_await listener_.async_accept(use_tuple);
     if (stopping_) co_return;
@@ -162,19 +199,19 @@ asio::awaitable<void> worker::accept_loop() {
     boost::system::error_code peer_ec;
     auto peer = visitor.remote_endpoint(peer_ec);
     if (peer_ec) continue;
-    if (counters.open_visitors.load(std::memory_order_relaxed) >= options_.max_visitors) {
-      spdlog::warn("visitor {} refused: {} connections open (the maximum)", net::to_string(peer),
+    auto peer_text = net::to_string(peer);
+    if (counters.open_visitors.load(std::memory_order_relaxed) + parked_visitors_ >=
+        options_.max_visitors) {
+      spdlog::warn("visitor {} refused: {} connections open (the maximum)", peer_text,
                    options_.max_visitors);
       net::reset_and_close(visitor);
       continue;
     }
-    auto session = least_loaded_session();
-    if (!session || !session->open_stream(std::move(visitor), net::to_string(peer))) {
-      net::reset_and_close(visitor);
+    if (!least_loaded_session()) {
+      spawn(io_, relay_when_connected(std::move(visitor), std::move(peer_text)), "parked visitor");
       continue;
     }
-    counters.open_visitors.fetch_add(1, std::memory_order_relaxed);
-    counters.total_visitors.fetch_add(1, std::memory_order_relaxed);
+    if (!relay(visitor, peer_text)) net::reset_and_close(visitor);
   }
 }
 

@@ -2,7 +2,9 @@
 // client's data connections that the supervisor hands over a Unix channel, and relays each
 // visitor as a stream over them. It updates its own slot's counters in the shared table.
 // Invariant: visitors are accepted only while a data connection exists (otherwise they wait in
-// the kernel's backlog), and every visitor socket resets (RST) if the relay ends abnormally.
+// the kernel's backlog); one accepted just as the last data connection went (the client is
+// reconnecting) waits for the next one for a bounded time; every visitor socket resets (RST)
+// if the relay ends abnormally or never starts.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,7 @@ struct worker_options {
   std::string log_level = "info";
   std::size_t max_visitors = 16384;  // open visitor connections; more are reset at once
   std::chrono::seconds drain_timeout{5};
+  std::chrono::seconds visitor_wait{10};  // for a data connection, once accepted
   shared::net::mux_settings mux;
 };
 
@@ -48,9 +51,14 @@ class worker {
   boost::asio::awaitable<void> channel_loop();
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> adopt(boost::asio::ip::tcp::socket connection);
+  boost::asio::awaitable<bool> wait_for_session(std::chrono::steady_clock::duration limit);
+  boost::asio::awaitable<void> relay_when_connected(boost::asio::ip::tcp::socket visitor,
+                                                    std::string peer);
+  bool relay(boost::asio::ip::tcp::socket& visitor, const std::string& peer);
   boost::asio::awaitable<void> drain_and_exit();
   std::shared_ptr<shared::net::mux_session> least_loaded_session();
   void report_data_connections();
+  boost::asio::awaitable<void> tell_supervisor(std::string message);
 
   boost::asio::io_context& io_;
   worker_options options_;
@@ -59,8 +67,9 @@ class worker {
   shared::ipc::slot_counter_writer table_;
   shared::net::buffer_pool pool_;
   std::vector<std::shared_ptr<shared::net::mux_session>> sessions_;
-  boost::asio::steady_timer sessions_changed_;
+  boost::asio::steady_timer sessions_changed_;  // never expires; cancel() wakes every waiter
   boost::asio::signal_set signals_;
+  std::size_t parked_visitors_ = 0;  // accepted, waiting for a data connection
   bool stopping_ = false;
 };
 

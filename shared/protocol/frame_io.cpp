@@ -37,8 +37,16 @@ asio::awaitable<read_result> read_frame(asio::ip::tcp::socket& socket,
                                         std::chrono::steady_clock::duration limit) {
   asio::steady_timer timer(socket.get_executor(), limit);
   auto outcome = co_await (read_frame(socket) || timer.async_wait(use_tuple));
-  if (outcome.index() == 1) co_return read_failure{read_failure::kind::timed_out, "timed out"};
-  co_return std::get<0>(std::move(outcome));
+  // Asio flattens `variant<A, B> || C` into variant<A, B, C>: pick by type, never by index.
+  co_return std::visit(
+      [](auto&& value) -> read_result {
+        using value_type = std::decay_t<decltype(value)>;
+        if constexpr (std::is_same_v<value_type, std::tuple<boost::system::error_code>>)
+          return read_failure{read_failure::kind::timed_out, "timed out"};
+        else
+          return read_result(std::move(value));
+      },
+      std::move(outcome));
 }
 
 asio::awaitable<boost::system::error_code> write_frame(asio::ip::tcp::socket& socket,

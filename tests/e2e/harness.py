@@ -102,9 +102,10 @@ class Supervisor:
         assert out.returncode == 0, f"culvert-status failed: {out.stderr}"
         return json.loads(out.stdout)
 
-    def tunnel(self, domain):
+    def tunnel(self, client):
+        """The status row of a client's tunnel (matched by public port, which tcp URLs show)."""
         for t in self.status()["tunnels"]:
-            if t["domain"] == domain:
+            if t["public_port"] == client.port:
                 return t
         return None
 

@@ -71,7 +71,7 @@ def main():
         for t in threads:
             t.join(60)
         assert not failures, failures[:5]
-        tunnel = sup.tunnel(client.domain)
+        tunnel = sup.tunnel(client)
         assert tunnel["total_connections"] >= VISITORS, tunnel
 
         # Slow reader: one stream's visitor never reads; another stream must not notice.

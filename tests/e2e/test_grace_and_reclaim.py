@@ -87,7 +87,7 @@ def main():
         proxy.cut()
         c.process.wait_for_output(r"reconnected; \S+ is still ours", stream="stderr", timeout=20)
         wait_until(lambda: echo_once(c.port, b"after") == b"after", 15, "echo after reconnect")
-        assert sup.tunnel(c.domain)["public_port"] == c.port
+        assert sup.tunnel(c)["public_port"] == c.port
         c.process.stop()
 
         # (2) Restart the client with the same arguments.
@@ -95,7 +95,7 @@ def main():
                            name="restart-1")
         first.process.signal(signal.SIGKILL)
         first.process.popen.wait()
-        wait_until(lambda: sup.tunnel(first.domain)["state"] == "held", 10, "tunnel held")
+        wait_until(lambda: sup.tunnel(first)["state"] == "held", 10, "tunnel held")
         second = env.client(sup, "tcp", f"127.0.0.1:{echo.port}", "--subdomain", "keepme",
                             name="restart-2")
         assert (second.domain, second.port) == (first.domain, first.port), (second.url, first.url)
@@ -104,8 +104,8 @@ def main():
         # (3) Kill it for good: held, then released after the grace period.
         second.process.signal(signal.SIGKILL)
         second.process.popen.wait()
-        wait_until(lambda: sup.tunnel(second.domain)["state"] == "held", 10, "tunnel held")
-        wait_until(lambda: sup.tunnel(second.domain) is None, GRACE + 15, "domain released")
+        wait_until(lambda: sup.tunnel(second)["state"] == "held", 10, "tunnel held")
+        wait_until(lambda: sup.tunnel(second) is None, GRACE + 15, "domain released")
         # The name is free again: a new client may take it.
         third = env.client(sup, "tcp", f"127.0.0.1:{echo.port}", "--subdomain", "keepme",
                            "--no-state", name="newcomer")

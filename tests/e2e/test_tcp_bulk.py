@@ -54,7 +54,7 @@ def main():
         s.close()
         assert answer == f"{SIZE} {hashlib.sha256(upload).hexdigest()}", answer
 
-        tunnel = sup.tunnel(up_client.domain)
+        tunnel = sup.tunnel(up_client)
         assert tunnel["bytes_in"] >= SIZE and tunnel["total_connections"] == 1, tunnel
 
 

@@ -15,8 +15,9 @@ def main():
         processes = [env.client(sup, "tcp", f"127.0.0.1:{echo.port}", name=f"c{i}",
                                 expect_url=False) for i in range(LIMIT)]
         clients = [env.await_forwarding(p) for p in processes]
-        assert len({c.domain for c in clients}) == LIMIT, "domains are not distinct"
         assert len({c.port for c in clients}) == LIMIT, "ports are not distinct"
+        domains = {t["domain"] for t in sup.status()["tunnels"]}
+        assert len(domains) == LIMIT, f"domains are not distinct: {sorted(domains)}"
 
         extra = env.client(sup, "tcp", f"127.0.0.1:{echo.port}", name="c-over", expect_url=False)
         code = extra.popen.wait(20)

@@ -27,11 +27,11 @@ def main():
         sup = env.supervisor()
         client = env.client(sup, "tcp", f"127.0.0.1:{echo.port}")
         assert echo_once(client.port, b"one") == b"one"
-        before = sup.tunnel(client.domain)
+        before = sup.tunnel(client)
         os.kill(before["worker_pid"], signal.SIGKILL)
 
         def restarted():
-            t = sup.tunnel(client.domain)
+            t = sup.tunnel(client)
             return t and t["worker_pid"] not in (0, before["worker_pid"]) and t
 
         after = wait_until(restarted, 10, "a new worker")

@@ -63,6 +63,7 @@ pid_t dead_pid() {
 // Writes a segment by hand, as another (or a broken) supervisor would have left it.
 void write_raw_segment(const std::string& name, std::size_t size, const ipc::table_header& header) {
   bip::shared_memory_object memory(bip::create_only, name.c_str(), bip::read_write);
+  if (size == 0) return;  // Boost's truncate uses posix_fallocate, which rejects a length of 0
   memory.truncate(static_cast<bip::offset_t>(size));
   if (size < sizeof(header)) return;
   bip::mapped_region region(memory, bip::read_write);
