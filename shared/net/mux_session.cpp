@@ -3,6 +3,8 @@
 // invariants and docs/protocol.md for the rules enforced here.
 #include "shared/net/mux_session.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -394,8 +396,9 @@ void mux_session::protocol_violation(const std::string& what) {
   spdlog::warn("data connection: protocol violation by peer: {}", what);
   // Best effort: tell the peer why, without waiting on a peer that may not read.
   auto frame = proto::encode(proto::error_message{proto::error_code::protocol_error, what});
-  error_code ec;
-  connection_.write_some(asio::buffer(frame), ec);
+  // MSG_DONTWAIT: Asio's synchronous write would wait for room, and a hostile peer never reads.
+  [[maybe_unused]] auto sent =
+      ::send(connection_.native_handle(), frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   close("protocol violation: " + what);
 }
 

@@ -355,7 +355,7 @@ TEST_CASE("validate accepts the edges of each range", "[config]") {
   CHECK_NOTHROW(validate(cfg));
 }
 
-TEST_CASE("--help exits 0 and mentions every flag and its default", "[config]") {
+TEST_CASE("flag --help exits 0 and mentions every flag and its default", "[config]") {
   const auto result = parse({"--help"});
   CHECK_FALSE(result.cfg);
   CHECK(result.exit_code == 0);
@@ -392,7 +392,7 @@ TEST_CASE("--help exits 0 and mentions every flag and its default", "[config]") 
   }
 }
 
-TEST_CASE("--version exits 0 with the version", "[config]") {
+TEST_CASE("flag --version exits 0 with the version", "[config]") {
   const auto result = parse({"--version"});
   CHECK_FALSE(result.cfg);
   CHECK(result.exit_code == 0);
@@ -400,7 +400,7 @@ TEST_CASE("--version exits 0 with the version", "[config]") {
   CHECK(version() == "0.1.0");
 }
 
-TEST_CASE("--print-config round-trips through load_toml", "[config]") {
+TEST_CASE("flag --print-config round-trips through load_toml", "[config]") {
   const std::vector<std::string> args = {"--control",      "[::1]:0",
                                          "--base-domain",  "x.example",
                                          "--ports",        "4000-4010",

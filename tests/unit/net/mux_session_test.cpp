@@ -1,0 +1,288 @@
+// The multiplexer over real loopback sockets: a worker-side (server) and a client-side session
+// relaying a visitor to an echo service with half-close, and a hostile raw peer whose every
+// malformed frame ends the session with an ERROR frame and a clear reason.
+#include "shared/net/mux_session.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <catch2/catch.hpp>
+
+#include "shared/protocol/frame.hpp"
+#include "shared/protocol/messages.hpp"
+
+namespace asio = boost::asio;
+namespace net = culvert::shared::net;
+namespace proto = culvert::shared::protocol;
+using asio::ip::tcp;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  tcp::socket a(io), b(io);
+  a.connect(acceptor.local_endpoint());
+  acceptor.accept(b);
+  return {std::move(a), std::move(b)};
+}
+
+std::vector<std::uint8_t> frame_bytes(proto::frame_type type, std::uint8_t flags,
+                                      std::uint32_t stream, std::vector<std::uint8_t> payload) {
+  auto head = proto::encode_header({std::uint32_t(payload.size()), type, flags, stream});
+  std::vector<std::uint8_t> out(head.begin(), head.end());
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+std::vector<std::uint8_t> u32(std::uint32_t v) {
+  std::vector<std::uint8_t> out(4);
+  proto::store_u32(out.data(), v);
+  return out;
+}
+
+// Reads frames from the raw peer's side until EOF; returns the ERROR frame's text, if any.
+asio::awaitable<std::optional<std::string>> read_error_frame(tcp::socket& s) {
+  for (;;) {
+    std::array<std::uint8_t, proto::header_size> head;
+    auto [ec, n] = co_await asio::async_read(s, asio::buffer(head), use_tuple);
+    if (ec) co_return std::nullopt;
+    auto decoded = proto::decode_header(head);
+    if (!std::holds_alternative<proto::frame_header>(decoded)) co_return std::nullopt;
+    auto h = std::get<proto::frame_header>(decoded);
+    std::vector<std::uint8_t> payload(h.length);
+    auto [ec2, n2] = co_await asio::async_read(s, asio::buffer(payload), use_tuple);
+    if (ec2) co_return std::nullopt;
+    if (h.type == proto::frame_type::error) {
+      auto e = proto::decode_error_message(payload);
+      co_return e ? std::optional(e->message) : std::nullopt;
+    }
+  }
+}
+
+struct hostile_outcome {
+  std::string close_reason;
+  std::optional<std::string> error_text;
+};
+
+// Runs a session of `role` against a raw peer that sends `bytes` (after the session has opened a
+// stream, for the server role), and reports how the session ended.
+hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_t> bytes,
+                            net::mux_settings settings = {}) {
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [ours, theirs] = loopback_pair(io);
+  auto [visitor_out, visitor_in] = loopback_pair(io);
+  tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  hostile_outcome outcome;
+  net::mux_hooks hooks;
+  hooks.on_closed = [&](const std::string& reason) { outcome.close_reason = reason; };
+  hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
+    tcp::socket s(io);
+    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
+    if (ec) co_return std::nullopt;
+    co_return std::move(s);
+  };
+  auto session = std::make_shared<net::mux_session>(std::move(ours), role, settings,
+                                                    std::move(hooks), pool);
+  session->start();
+  if (role == net::mux_session::role::server) REQUIRE(session->open_stream(std::move(visitor_in), "1.2.3.4:5"));
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        co_await asio::async_write(theirs, asio::buffer(bytes), use_tuple);
+        outcome.error_text = co_await read_error_frame(theirs);
+      },
+      asio::detached);
+  io.run_for(std::chrono::seconds(10));
+  CHECK_FALSE(session->is_open());
+  return outcome;
+}
+
+void expect_violation(net::mux_session::role role, std::vector<std::uint8_t> bytes,
+                      const std::string& what, net::mux_settings settings = {}) {
+  auto outcome = run_hostile(role, std::move(bytes), settings);
+  INFO("close reason: " << outcome.close_reason);
+  CHECK(outcome.close_reason == "protocol violation: " + what);
+  REQUIRE(outcome.error_text);
+  CHECK(*outcome.error_text == what);
+}
+
+}  // namespace
+
+TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [worker_end, client_end] = loopback_pair(io);
+  auto [visitor, visitor_accepted] = loopback_pair(io);
+  tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+
+  // The local service: reads the whole request until the visitor's FIN arrives, then answers
+  // with it reversed and closes. It only answers if half-close made it through.
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto [ec, s] = co_await local.async_accept(use_tuple);
+        REQUIRE(!ec);
+        std::vector<std::uint8_t> request;
+        std::array<std::uint8_t, 65536> buf;
+        for (;;) {
+          auto [rec, n] = co_await s.async_read_some(asio::buffer(buf), use_tuple);
+          request.insert(request.end(), buf.begin(), buf.begin() + n);
+          if (rec) break;
+        }
+        std::reverse(request.begin(), request.end());
+        co_await asio::async_write(s, asio::buffer(request), use_tuple);
+        s.shutdown(tcp::socket::shutdown_send);
+      },
+      asio::detached);
+
+  net::mux_hooks client_hooks;
+  client_hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
+    tcp::socket s(io);
+    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
+    if (ec) co_return std::nullopt;
+    co_return std::move(s);
+  };
+  std::vector<net::stream_report> reports;
+  net::mux_hooks server_hooks;
+  server_hooks.on_stream_closed = [&](const net::stream_report& r) { reports.push_back(r); };
+  net::mux_settings settings;
+  settings.initial_window = 16 * 1024;  // much smaller than the transfer: credit must flow
+  auto server = std::make_shared<net::mux_session>(std::move(worker_end), net::mux_session::role::server,
+                                                   settings, std::move(server_hooks), pool);
+  auto client = std::make_shared<net::mux_session>(std::move(client_end), net::mux_session::role::client,
+                                                   settings, std::move(client_hooks), pool);
+  server->start();
+  client->start();
+  REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
+
+  std::vector<std::uint8_t> sent(3 * 1024 * 1024 + 17);
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 31 + i / 977);
+  std::vector<std::uint8_t> received;
+  bool clean_end = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
+        visitor.shutdown(tcp::socket::shutdown_send);
+        std::array<std::uint8_t, 65536> buf;
+        for (;;) {
+          auto [ec, n] = co_await visitor.async_read_some(asio::buffer(buf), use_tuple);
+          received.insert(received.end(), buf.begin(), buf.begin() + n);
+          if (ec) {
+            clean_end = ec == asio::error::eof;
+            break;
+          }
+        }
+        server->close("test over");
+        client->close("test over");
+      },
+      asio::detached);
+  io.run_for(std::chrono::seconds(20));
+
+  std::reverse(sent.begin(), sent.end());
+  CHECK(clean_end);
+  CHECK(received.size() == sent.size());
+  CHECK(received == sent);
+  REQUIRE(reports.size() == 1);
+  CHECK_FALSE(reports[0].abnormal);
+  CHECK(reports[0].bytes_from_socket == sent.size());
+  CHECK(reports[0].bytes_to_socket == sent.size());
+}
+
+TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [worker_end, client_end] = loopback_pair(io);
+  auto [visitor, visitor_accepted] = loopback_pair(io);
+  auto server = std::make_shared<net::mux_session>(std::move(worker_end), net::mux_session::role::server,
+                                                   net::mux_settings{}, net::mux_hooks{}, pool);
+  server->start();
+  REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
+  boost::system::error_code visitor_end;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        // Part of a response arrives, then the data connection drops.
+        auto data = frame_bytes(proto::frame_type::data, 0, 1, std::vector<std::uint8_t>(100, 'x'));
+        co_await asio::async_write(client_end, asio::buffer(data), use_tuple);
+        client_end.close();
+        std::array<char, 4096> buf;
+        for (;;) {
+          auto [ec, n] = co_await visitor.async_read_some(asio::buffer(buf), use_tuple);
+          if (ec) {
+            visitor_end = ec;
+            break;
+          }
+        }
+      },
+      asio::detached);
+  io.run_for(std::chrono::seconds(10));
+  CHECK(visitor_end == asio::error::connection_reset);  // never a clean EOF
+}
+
+TEST_CASE("malformed frames end a data connection with an ERROR", "[mux]") {
+  using role = net::mux_session::role;
+  using proto::frame_type;
+  SECTION("header-level errors") {
+    expect_violation(role::server, frame_bytes(frame_type(0x7E), 0, 0, {}), "unknown frame type");
+    std::vector<std::uint8_t> huge = {0xFF, 0xFF, 0xFF, 0xF0, 0x11, 0, 0, 0, 0, 1};
+    expect_violation(role::server, huge, "frame longer than the maximum for its type");
+    expect_violation(role::client, frame_bytes(frame_type::data, 0, 0, {1}),
+                     "stream id 0 on a stream frame");
+    expect_violation(role::client, frame_bytes(frame_type::data, 0x04, 1, {1}),
+                     "unknown flags set");
+  }
+  SECTION("handshake frames on a data connection") {
+    expect_violation(role::server, frame_bytes(frame_type::ack, 0, 0, {}),
+                     "ACK frame on a data connection");
+  }
+  SECTION("stream rules") {
+    expect_violation(role::server, frame_bytes(frame_type::open, 0, 3, {1, 'x'}),
+                     "OPEN sent by the client");
+    expect_violation(role::client, frame_bytes(frame_type::open, 0, 2, {1, 'x'}),
+                     "OPEN with a reused or even stream id");
+    auto twice = frame_bytes(frame_type::open, 0, 5, {1, 'x'});
+    auto again = frame_bytes(frame_type::open, 0, 3, {1, 'x'});
+    twice.insert(twice.end(), again.begin(), again.end());
+    expect_violation(role::client, twice, "OPEN with a reused or even stream id");
+    expect_violation(role::client, frame_bytes(frame_type::open, 0, 1, {5, 'x'}),
+                     "OPEN with a malformed peer address");
+    expect_violation(role::server, frame_bytes(frame_type::data, 0, 9, {1}),
+                     "DATA on a stream never opened");
+    expect_violation(role::server, frame_bytes(frame_type::data, 0, 1, {}),
+                     "empty DATA frame without FIN");
+    auto fin_then_data = frame_bytes(frame_type::data, proto::flags::fin, 1, {1});
+    auto more = frame_bytes(frame_type::data, 0, 1, {2});
+    fin_then_data.insert(fin_then_data.end(), more.begin(), more.end());
+    expect_violation(role::server, fin_then_data, "DATA after FIN");
+    net::mux_settings small;
+    small.initial_window = 1024;
+    expect_violation(role::server,
+                     frame_bytes(frame_type::data, 0, 1, std::vector<std::uint8_t>(1025, 'z')),
+                     "DATA beyond the stream's window", small);
+    expect_violation(role::server, frame_bytes(frame_type::window, 0, 1, u32(0)),
+                     "WINDOW increment of 0 or above 2^31-1");
+    expect_violation(role::server, frame_bytes(frame_type::window, 0, 1, u32(0x80000000u)),
+                     "WINDOW increment of 0 or above 2^31-1");
+    expect_violation(role::server, frame_bytes(frame_type::window, 0, 1, u32(0x7fffffffu)),
+                     "WINDOW overflows the stream's credit");
+    expect_violation(role::server, frame_bytes(frame_type::window, 0, 7, u32(10)),
+                     "WINDOW on a stream never opened");
+    expect_violation(role::server, frame_bytes(frame_type::reset, 0, 7, u32(1)),
+                     "RESET on a stream never opened");
+  }
+  SECTION("floods") {
+    std::vector<std::uint8_t> pings;
+    for (int i = 0; i < 60; ++i) {
+      auto p = frame_bytes(frame_type::ping, 0, 0, std::vector<std::uint8_t>(8, 0));
+      pings.insert(pings.end(), p.begin(), p.end());
+    }
+    expect_violation(role::server, pings, "PING flood");
+  }
+}
