@@ -58,6 +58,10 @@ client::client(asio::io_context& io, client_options options, std::ostream& out)
   server_host_ = where ? where->host : options_.server;
   server_port_ = where ? where->port : 0;
   reopen_.expires_at(asio::steady_timer::time_point::max());
+  if (options_.tls) {
+    control_tls_ = shared::tls::make_client_context({options_.ca_file, options_.insecure});
+    data_tls_ = shared::tls::make_psk_client_context();
+  }
 }
 
 void client::start() { spawn(io_, run(), "client"); }
@@ -91,11 +95,21 @@ asio::awaitable<void> client::pause(std::chrono::milliseconds how_long) {
 
 asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string& host,
                                                                std::uint16_t port) {
-  tcp::resolver resolver(io_);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
-  if (rec) {
-    spdlog::debug("resolving {}: {}", host, rec.message());
-    co_return std::nullopt;
+  // An address needs no resolver: Asio resolves on a thread of its own, and a hop to it and back
+  // on every visitor's local dial is measurable.
+  std::vector<tcp::endpoint> endpoints;
+  boost::system::error_code literal_ec;
+  const auto literal = asio::ip::make_address(host, literal_ec);
+  if (!literal_ec) {
+    endpoints.emplace_back(literal, port);
+  } else {
+    tcp::resolver resolver(io_);
+    auto [rec, found] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
+    if (rec) {
+      spdlog::debug("resolving {}: {}", host, rec.message());
+      co_return std::nullopt;
+    }
+    for (const auto& entry : found) endpoints.push_back(entry.endpoint());
   }
   tcp::socket socket(io_);
   asio::steady_timer timer(io_, options_.connect_timeout);
@@ -140,6 +154,32 @@ asio::awaitable<bool> client::control_session(bool first) {
     }
     co_return true;  // keep trying
   }
+  auto stream = options_.tls ? shared::net::transport(std::move(*socket), *control_tls_)
+                             : shared::net::transport(std::move(*socket));
+  if (options_.tls) {
+    shared::tls::expect_server_name(stream.native_tls(), server_host_);
+    if (auto ec = co_await stream.handshake(asio::ssl::stream_base::client,
+                                            options_.connect_timeout)) {
+      if (auto problem = stream.certificate_problem(); !problem.empty()) {
+        std::cerr << "culvert: refusing the server at " << options_.server
+                  << ": its certificate does not check out: " << problem
+                  << " (--ca FILE trusts a private CA; --insecure skips the check)" << std::endl;
+        finish(exit_refused);
+        co_return false;
+      }
+      const auto why = shared::net::describe_tls_error(ec);
+      if (first) {
+        std::cerr << "culvert: TLS handshake with " << options_.server << " failed: " << why
+                  << " (does that server use TLS? --no-tls talks to one that does not)"
+                  << std::endl;
+        finish(exit_unreachable);
+        co_return false;
+      }
+      spdlog::warn("TLS handshake with {} failed: {}", options_.server, why);
+      co_return true;
+    }
+    spdlog::debug("control connection: {}", stream.describe_tls());
+  }
 
   proto::init_message init;
   init.kind = options_.kind;
@@ -150,8 +190,8 @@ asio::awaitable<bool> client::control_session(bool first) {
   } else if (auto saved = state_.load()) {
     init.reclaim = proto::reclaim_request{saved->tunnel_id, saved->secret};
   }
-  if (auto ec = co_await proto::write_frame(*socket, proto::encode(init))) co_return true;
-  auto reply = co_await proto::read_frame(*socket, options_.connect_timeout);
+  if (auto ec = co_await proto::write_frame(stream, proto::encode(init))) co_return true;
+  auto reply = co_await proto::read_frame(stream, options_.connect_timeout);
   auto* f = std::get_if<proto::frame>(&reply);
   if (!f) {
     spdlog::warn("handshake with {} failed: {}", options_.server,
@@ -177,13 +217,15 @@ asio::awaitable<bool> client::control_session(bool first) {
     finish(exit_refused);
     co_return false;
   }
-  if (auto ec = co_await proto::write_frame(*socket, proto::encode_empty(proto::frame_type::ack)))
+  if (auto ec = co_await proto::write_frame(stream, proto::encode_empty(proto::frame_type::ack)))
     co_return true;
 
   const bool same_tunnel = tunnel_ && tunnel_->offer.tunnel_id == offer->tunnel_id;
   if (!same_tunnel) {
     close_sessions();  // they belong to a tunnel that no longer exists
-    tunnel_ = tunnel_info{*offer, ++generation_};
+    tunnel_ = tunnel_info{*offer, ++generation_,
+                          options_.tls ? shared::tls::derive_data_psk(offer->secret)
+                                       : shared::tls::psk_bytes{}};
     state_.save(saved_tunnel{offer->tunnel_id, offer->secret, offer->domain});
     out_ << "Forwarding " << offer->public_url << " -> " << options_.local_address() << std::endl;
     for (unsigned i = 0; i < std::max<unsigned>(1, offer->data_connections); ++i)
@@ -195,7 +237,7 @@ asio::awaitable<bool> client::control_session(bool first) {
 
   control_lost_.expires_at(asio::steady_timer::time_point::max());
   const auto interval = std::chrono::seconds(std::max<int>(1, offer->heartbeat_interval_s));
-  auto link = std::make_shared<proto::control_link>(std::move(*socket), interval, interval * 6,
+  auto link = std::make_shared<proto::control_link>(std::move(stream), interval, interval * 6,
                                                     proto::control_link::hooks{});
   proto::control_link::hooks hooks;
   hooks.on_frame = [this](proto::frame&& frame) {
@@ -226,21 +268,8 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
     co_await pause(backoff(failures));
     if (!current()) co_return;
     ++failures;
-    auto socket = co_await connect_to(server_host_, server_port_);
-    if (!socket || !current()) continue;
-    proto::data_init_message hello;
-    hello.tunnel_id = tunnel_->offer.tunnel_id;
-    hello.secret = tunnel_->offer.secret;
-    if (co_await proto::write_frame(*socket, proto::encode(hello))) continue;
-    auto reply = co_await proto::read_frame(*socket, data_ready_timeout);
-    auto* f = std::get_if<proto::frame>(&reply);
-    if (!f) continue;
-    if (f->header.type == proto::frame_type::error) {
-      auto e = proto::decode_error_message(f->payload);
-      spdlog::warn("data connection {} refused: {}", index, e ? e->message : "malformed ERROR");
-      continue;  // the control session decides whether the tunnel still exists
-    }
-    if (f->header.type != proto::frame_type::data_ready || !current()) continue;
+    auto stream = co_await open_data_connection(*tunnel_, index);
+    if (!stream || !current()) continue;
 
     asio::steady_timer closed(io_, asio::steady_timer::time_point::max());
     shared::net::mux_hooks hooks;
@@ -260,7 +289,7 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
       closed.cancel();
     };
     auto session = std::make_shared<shared::net::mux_session>(
-        std::move(*socket), shared::net::mux_session::role::client, shared::net::mux_settings{},
+        std::move(*stream), shared::net::mux_session::role::client, shared::net::mux_settings{},
         std::move(hooks), pool_);
     sessions_.push_back(session);
     session->start();
@@ -270,6 +299,44 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
     std::erase(sessions_, session);
     if (sessions_.empty()) pool_.trim();
   }
+}
+
+asio::awaitable<std::optional<shared::net::transport>> client::open_data_connection(
+    tunnel_info tunnel, unsigned index) {
+  auto socket = co_await connect_to(server_host_, server_port_);
+  if (!socket) co_return std::nullopt;
+  std::optional<shared::net::transport> stream;
+  if (options_.tls) {
+    // The route goes in clear (it only names the tunnel); the worker it reaches proves it knows
+    // the tunnel's secret, as we do, in the TLS handshake itself.
+    shared::net::transport clear(std::move(*socket));
+    if (co_await proto::write_frame(clear, proto::encode(proto::data_route_message{
+                                               proto::protocol_version, tunnel.offer.tunnel_id})))
+      co_return std::nullopt;
+    stream.emplace(std::move(clear.socket()), *data_tls_);
+    shared::tls::offer_psk(stream->native_tls(), tunnel.offer.tunnel_id, tunnel.data_key);
+    if (auto ec = co_await stream->handshake(asio::ssl::stream_base::client, data_ready_timeout)) {
+      spdlog::warn("data connection {}: TLS handshake failed: {}", index,
+                   shared::net::describe_tls_error(ec));
+      co_return std::nullopt;
+    }
+  } else {
+    stream.emplace(std::move(*socket));
+    proto::data_init_message hello;
+    hello.tunnel_id = tunnel.offer.tunnel_id;
+    hello.secret = tunnel.offer.secret;
+    if (co_await proto::write_frame(*stream, proto::encode(hello))) co_return std::nullopt;
+  }
+  auto reply = co_await proto::read_frame(*stream, data_ready_timeout);
+  auto* f = std::get_if<proto::frame>(&reply);
+  if (!f) co_return std::nullopt;
+  if (f->header.type == proto::frame_type::error) {
+    auto e = proto::decode_error_message(f->payload);
+    spdlog::warn("data connection {} refused: {}", index, e ? e->message : "malformed ERROR");
+    co_return std::nullopt;  // the control session decides whether the tunnel still exists
+  }
+  if (f->header.type != proto::frame_type::data_ready) co_return std::nullopt;
+  co_return stream;
 }
 
 asio::awaitable<std::optional<tcp::socket>> client::dial_local() {

@@ -22,6 +22,8 @@
 #include "client/state_file.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
+#include "shared/net/transport.hpp"
+#include "shared/tls/tls_contexts.hpp"
 #include "shared/protocol/control_link.hpp"
 #include "shared/protocol/messages.hpp"
 
@@ -41,6 +43,7 @@ class client {
   struct tunnel_info {
     shared::protocol::domain_message offer;
     std::uint64_t generation = 0;
+    shared::tls::psk_bytes data_key{};  // TLS data connections' key, derived from the secret
   };
 
   boost::asio::awaitable<void> run();
@@ -50,6 +53,10 @@ class client {
   // Returns false when the client must give up (a refusal, printed).
   boost::asio::awaitable<bool> control_session(bool first);
   boost::asio::awaitable<void> data_loop(std::uint64_t generation, unsigned index);
+  // A data connection made ready for the multiplexer: DATA_INIT in clear, or DATA_ROUTE and a
+  // TLS handshake keyed by the tunnel's secret. nullopt: try again later.
+  boost::asio::awaitable<std::optional<shared::net::transport>> open_data_connection(
+      tunnel_info, unsigned index);
   boost::asio::awaitable<std::optional<boost::asio::ip::tcp::socket>> dial_local();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds);
   void finish(int code);
@@ -62,6 +69,8 @@ class client {
   std::string server_host_;
   std::uint16_t server_port_ = 0;
   shared::net::buffer_pool pool_;
+  std::unique_ptr<boost::asio::ssl::context> control_tls_;  // verifies the server's certificate
+  std::unique_ptr<boost::asio::ssl::context> data_tls_;     // PSK for data connections
   std::optional<tunnel_info> tunnel_;
   std::uint64_t generation_ = 0;
   std::shared_ptr<shared::protocol::control_link> control_;

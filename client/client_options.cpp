@@ -30,6 +30,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
   options.state_dir = default_state_dir();
   std::string local;
   bool no_state = false;
+  bool tls_on = false, tls_off = false;
 
   CLI::App app{
       "culvert: expose a local service through a culvert server.\n"
@@ -52,6 +53,16 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
                     "(default $CULVERT_STATE_DIR, $XDG_STATE_HOME/culvert or "
                     "~/.local/state/culvert)");
     sub->add_flag("--no-state", no_state, "do not read or write a state file");
+    auto* tls = sub->add_flag("--tls", tls_on,
+                              "encrypt the connection to the server with TLS 1.3 (default: on, "
+                              "except for a server on this machine's loopback)");
+    sub->add_flag("--no-tls", tls_off, "talk to the server in clear text")->excludes(tls);
+    sub->add_option("--ca", options.ca_file,
+                    "verify the server's certificate against this CA file (PEM) instead of the "
+                    "system's store; implies --tls");
+    sub->add_flag("--insecure", options.insecure,
+                  "do not verify the server's certificate (self-signed development servers "
+                  "only: anyone on the path could read and change the traffic); implies --tls");
     sub->add_option("--log-level", options.log_level,
                     "diagnostics on stderr: trace debug info warn error (default info)");
   };
@@ -90,6 +101,15 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     return result;
   }
   if (no_state) options.state_dir.clear();
+  const auto server = shared::net::parse_host_port(options.server);
+  const bool loopback_server = shared::net::is_loopback_host(server->host);
+  if (tls_off && (options.insecure || !options.ca_file.empty())) {
+    result.exit_code = exit_usage;
+    result.output = "culvert: --no-tls cannot be combined with --ca or --insecure\n";
+    return result;
+  }
+  options.tls = tls_on || (!tls_off && (!loopback_server || options.insecure ||
+                                        !options.ca_file.empty()));
   result.options = std::move(options);
   return result;
 }

@@ -21,6 +21,11 @@ struct client_options {
   std::string state_dir;  // where reclaim secrets live; empty = no state file
   std::string log_level = "info";
   std::chrono::seconds connect_timeout{10};
+  // TLS to the server: on unless the server is on this machine (loopback), where clear text is
+  // the demo's default; --tls / --no-tls decide explicitly.
+  bool tls = false;
+  std::string ca_file;    // trust this CA instead of the system store
+  bool insecure = false;  // do not verify the server's certificate (development only)
 
   std::string local_address() const;  // "host:port" as dialled
 };

@@ -114,9 +114,51 @@ reason check_instance(std::string_view text) {
   return std::nullopt;
 }
 
+// Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), as TOML requires.
+bool is_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const auto b = static_cast<unsigned char>(text[i]);
+    std::size_t n = 0;  // the sequence's length, from its lead byte
+    if (b < 0x80)
+      n = 1;
+    else if ((b & 0xE0) == 0xC0)
+      n = 2;
+    else if ((b & 0xF0) == 0xE0)
+      n = 3;
+    else if ((b & 0xF8) == 0xF0)
+      n = 4;
+    if (n == 0 || text.size() - i < n) return false;
+    std::uint32_t cp = n == 1 ? b : b & (0x7F >> n);
+    for (std::size_t k = 1; k < n; ++k) {
+      const auto c = static_cast<unsigned char>(text[i + k]);
+      if ((c & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (c & 0x3F);
+    }
+    constexpr std::uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < smallest[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
+
 reason check_worker_path(std::string_view text) {
   // exec() would silently cut the path at the NUL and run something else.
   if (text.find('\0') != std::string_view::npos) return "must not contain a NUL character";
+  // Flags could carry any bytes, but --print-config's TOML must load again with --config.
+  if (!is_utf8(text)) return "must be valid UTF-8, got " + shown(text);
+  return std::nullopt;
+}
+
+// A POSIX portable user name (the getpwnam lookup itself happens at start, and only as root).
+reason check_user(std::string_view text) {
+  const bool ok = !text.empty() && text.size() <= limits::max_user_chars && text.front() != '-' &&
+                  std::all_of(text.begin(), text.end(), [](char c) {
+                    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                           (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+                  });
+  if (!ok)
+    return "must be a user name of 1-32 characters of A-Z, a-z, 0-9, '.', '_' and '-' (not "
+           "starting with '-'), got " + shown(text);
   return std::nullopt;
 }
 
@@ -131,6 +173,7 @@ reason check_token(std::string_view token) {
   if (token.empty() || token.size() > limits::max_token_bytes)
     return "must be 1-" + std::to_string(limits::max_token_bytes) + " bytes, got " +
            std::to_string(token.size()) + " bytes";
+  if (!is_utf8(token)) return "must be valid UTF-8";  // a TOML file can hold nothing else
   return std::nullopt;
 }
 
@@ -160,8 +203,9 @@ reason check_number(const setting& s, std::int64_t value) {
   return std::nullopt;
 }
 
-const std::array<setting, 16>& settings() {
-  static const std::array<setting, 16> table = {{
+// The size is deduced, so adding a setting is one entry and nothing else.
+const auto& settings() {
+  static const auto table = std::to_array<setting>({
       {.key = "control",
        .flag = "--control",
        .value_name = "HOST:PORT",
@@ -212,6 +256,15 @@ const std::array<setting, 16>& settings() {
        .help = "Token a client must present; --token may be repeated and replaces the file's list",
        .kind = value_kind::text_list,
        .empty_means = "none, any client is accepted"},
+      {.key = "tokens_file",
+       .flag = "--tokens-file",
+       .value_name = "FILE",
+       .help = "TOML file of [[token]] entries, each with its own limits (mode 600); not with "
+               "--token",
+       .get_text = [](const config& c) { return c.tokens_file; },
+       .set_text = [](config& c, std::string_view v) { c.tokens_file = v; },
+       .check_text = check_worker_path,  // any path without a NUL; it is read at start
+       .empty_means = "none"},
       {.key = "max_tunnels",
        .flag = "--max-tunnels",
        .value_name = "N",
@@ -269,6 +322,46 @@ const std::array<setting, 16>& settings() {
        .set_number = [](config& c, std::int64_t v) { c.max_pending_handshakes = std::uint32_t(v); },
        .min = 1,
        .max = limits::max_pending_handshakes},
+      {.key = "max_tunnels_per_token",
+       .flag = "--max-tunnels-per-token",
+       .value_name = "N",
+       .help = "Most tunnels at once per token (a tokens file entry may set its own max_tunnels)",
+       .kind = value_kind::number,
+       .get_number = [](const config& c) -> std::int64_t { return c.max_tunnels_per_token; },
+       .set_number = [](config& c, std::int64_t v) { c.max_tunnels_per_token = std::uint32_t(v); },
+       .min = 1,
+       .max = limits::max_tunnels},
+      {.key = "max_tunnels_per_address",
+       .flag = "--max-tunnels-per-address",
+       .value_name = "N",
+       .help = "Most tunnels at once per client IPv4 address or IPv6 /64",
+       .kind = value_kind::number,
+       .get_number = [](const config& c) -> std::int64_t { return c.max_tunnels_per_address; },
+       .set_number = [](config& c,
+                        std::int64_t v) { c.max_tunnels_per_address = std::uint32_t(v); },
+       .min = 1,
+       .max = limits::max_tunnels},
+      {.key = "max_handshakes_per_address",
+       .flag = "--max-handshakes-per-address",
+       .value_name = "N",
+       .help = "Most connections in the handshake at once per IPv4 address or IPv6 /64",
+       .kind = value_kind::number,
+       .get_number = [](const config& c) -> std::int64_t { return c.max_handshakes_per_address; },
+       .set_number = [](config& c,
+                        std::int64_t v) { c.max_handshakes_per_address = std::uint32_t(v); },
+       .min = 1,
+       .max = limits::max_pending_handshakes},
+      {.key = "auth_failure_delay_ms",
+       .flag = "--auth-failure-delay-ms",
+       .value_name = "MS",
+       .help = "Wait before refusing a bad token, doubled per recent failure from the same "
+               "address up to 30 s (0 = no wait)",
+       .kind = value_kind::number,
+       .get_number = [](const config& c) -> std::int64_t { return c.auth_failure_delay.count(); },
+       .set_number = [](config& c,
+                        std::int64_t v) { c.auth_failure_delay = std::chrono::milliseconds(v); },
+       .min = 0,
+       .max = limits::max_auth_failure_delay_ms},
       {.key = "data_connections",
        .flag = "--data-connections",
        .value_name = "N",
@@ -278,6 +371,23 @@ const std::array<setting, 16>& settings() {
        .set_number = [](config& c, std::int64_t v) { c.data_connections = std::uint8_t(v); },
        .min = 1,
        .max = limits::max_data_connections},
+      {.key = "tls_cert",
+       .flag = "--tls-cert",
+       .value_name = "FILE",
+       .help = "TLS certificate chain (PEM) for control connections; with --tls-key, clients "
+               "must use TLS 1.3",
+       .get_text = [](const config& c) { return c.tls_cert; },
+       .set_text = [](config& c, std::string_view v) { c.tls_cert = v; },
+       .check_text = check_worker_path,
+       .empty_means = "none, clear text"},
+      {.key = "tls_key",
+       .flag = "--tls-key",
+       .value_name = "FILE",
+       .help = "Private key (PEM) of --tls-cert; read once at start, before dropping privileges",
+       .get_text = [](const config& c) { return c.tls_key; },
+       .set_text = [](config& c, std::string_view v) { c.tls_key = v; },
+       .check_text = check_worker_path,
+       .empty_means = "none"},
       {.key = "instance",
        .flag = "--instance",
        .value_name = "NAME",
@@ -293,6 +403,14 @@ const std::array<setting, 16>& settings() {
        .set_text = [](config& c, std::string_view v) { c.worker_path = v; },
        .check_text = check_worker_path,
        .empty_means = "culvert-worker in the supervisor's directory"},
+      {.key = "user",
+       .flag = "--user",
+       .value_name = "NAME",
+       .help = "Unprivileged account the workers run as and the supervisor drops to after "
+               "binding, when started as root (ignored otherwise)",
+       .get_text = [](const config& c) { return c.user; },
+       .set_text = [](config& c, std::string_view v) { c.user = v; },
+       .check_text = check_user},
       {.key = "log_level",
        .flag = "--log-level",
        .value_name = "LEVEL",
@@ -300,7 +418,7 @@ const std::array<setting, 16>& settings() {
        .get_text = [](const config& c) { return c.log_level; },
        .set_text = [](config& c, std::string_view v) { c.log_level = v; },
        .check_text = check_log_level},
-  }};
+  });
   return table;
 }
 
@@ -526,6 +644,13 @@ void validate(const config& cfg) {
     }
     if (why) throw config_error(name_of(s) + " " + *why);
   }
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty())
+    throw config_error("tls_cert (--tls-cert) and tls_key (--tls-key) go together: give both or "
+                       "neither");
+  // Two sources of tokens would leave it unclear which limits apply to whom.
+  if (!cfg.tokens.empty() && !cfg.tokens_file.empty())
+    throw config_error("tokens (--token) and tokens_file (--tokens-file) cannot be used together: "
+                       "put every token in the tokens file");
   if (cfg.heartbeat_timeout <= cfg.heartbeat_interval)
     throw config_error(
         "heartbeat_timeout (--heartbeat-timeout) must be greater than "
@@ -542,7 +667,7 @@ parse_result parse_arguments(int argc, const char* const* argv) {
   app.footer(
       "Configuration file: TOML with a [server] table whose keys are the long flag names with "
       "'_' for '-' (tokens = [\"a\", \"b\"] for --token, ports = \"20000-20999\", durations in "
-      "seconds). Precedence: built-in defaults < --config file < flags.");
+      "seconds unless the key ends in _ms). Precedence: built-in defaults < --config file < flags.");
   app.set_help_flag("-h,--help", "Print this help and exit");
   app.set_version_flag("--version", std::string(version()), "Print the version and exit");
 

@@ -22,15 +22,22 @@ struct config {
   std::string base_domain = "localhost";  // tunnels get <label>.<base_domain>
   std::uint16_t port_min = 20000, port_max = 20999;  // public port range
   std::vector<std::string> tokens;  // accepted client tokens; empty = no token needed
+  std::string tokens_file;          // TOML [[token]] entries with limits; not with tokens
   std::uint32_t max_tunnels = 1024;
+  std::uint32_t max_tunnels_per_token = 16;    // default of a token's max_tunnels
+  std::uint32_t max_tunnels_per_address = 64;  // per IPv4 address or IPv6 /64
+  std::uint32_t max_handshakes_per_address = 16;
+  std::chrono::milliseconds auth_failure_delay{1000};  // first bad token's wait; doubles per retry
   std::chrono::seconds grace_period{30};  // a lost client's domain is held this long
   std::chrono::seconds heartbeat_interval{5};
   std::chrono::seconds heartbeat_timeout{30};  // silence that counts as a lost client
   std::chrono::seconds handshake_timeout{5};
   std::uint32_t max_pending_handshakes = 256;
   std::uint8_t data_connections = 2;  // data connections each client opens (1..16)
+  std::string tls_cert, tls_key;       // PEM files; both empty = clear text
   std::string instance = "default";   // names the shared-memory segment /culvert-<instance>
   std::string worker_path;            // empty = culvert-worker beside the supervisor
+  std::string user = "nobody";        // account for workers and the dropped supervisor (if root)
   std::string log_level = "info";     // trace debug info warn error
 
   friend bool operator==(const config&, const config&) = default;
@@ -46,6 +53,8 @@ inline constexpr std::int64_t max_seconds = 31'536'000;  // one year: far from c
 inline constexpr std::int64_t max_heartbeat_interval = 3600;
 inline constexpr std::size_t max_token_bytes = 255;
 inline constexpr std::size_t max_instance_chars = 32;
+inline constexpr std::int64_t max_auth_failure_delay_ms = 60'000;
+inline constexpr std::size_t max_user_chars = 32;  // useradd's limit
 }  // namespace limits
 
 class config_error : public std::runtime_error {

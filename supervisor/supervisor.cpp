@@ -8,14 +8,18 @@
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <csignal>
 #include <cstring>
+
+#include <openssl/crypto.h>
 
 #include "shared/net/address.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
 #include "shared/protocol/frame_io.hpp"
+#include "shared/tls/tls_contexts.hpp"
 #include "shared/util/random.hpp"
 #include "supervisor/worker_launcher.hpp"
 
@@ -74,7 +78,18 @@ supervisor::supervisor(asio::io_context& io, config cfg)
       ports_(io, config_.public_bind, config_.port_min, config_.port_max),
       worker_path_(config_.worker_path.empty() ? default_worker_path() : config_.worker_path),
       child_signals_(io, SIGCHLD),
-      stop_signals_(io, SIGTERM, SIGINT) {}
+      stop_signals_(io, SIGTERM, SIGINT) {
+  // Read the key now, while the files are still readable (before any privilege drop).
+  if (!config_.tls_cert.empty())
+    tls_ = shared::tls::make_server_context(config_.tls_cert, config_.tls_key);
+  const auto where = shared::net::parse_host_port(config_.control_address);
+  if (tls_)
+    spdlog::info("control connections use TLS 1.3 with {}", config_.tls_cert);
+  else if (where && !shared::net::is_loopback_host(where->host))
+    spdlog::warn("control port {} is not on loopback and has no TLS (--tls-cert/--tls-key): "
+                 "tokens, secrets and tunnelled traffic cross the network in clear",
+                 config_.control_address);
+}
 
 supervisor::~supervisor() {
   // Workers notice the channel's EOF (and PR_SET_PDEATHSIG) and exit on their own.
@@ -82,8 +97,22 @@ supervisor::~supervisor() {
 }
 
 void supervisor::start() {
+  // Looked up first: a missing account stops us before anything is bound or created.
+  if (running_as_root()) {
+    worker_account_ = find_account(config_.user);
+    if (!worker_account_)
+      throw std::runtime_error("user '" + config_.user +
+                               "' (--user, the account workers run as) does not exist; create it "
+                               "or name another unprivileged account");
+    if (worker_account_->uid == 0)
+      throw std::runtime_error("user '" + config_.user +
+                               "' (--user) has uid 0; workers read internet traffic and must run "
+                               "unprivileged");
+  }
   table_ = std::make_unique<ipc::tunnel_table_owner>(config_.instance, config_.max_tunnels,
                                                      config_.base_domain);
+  // Workers (and we, after the drop) map it read-write and we unlink it at exit as that account.
+  if (worker_account_) table_->grant_to(worker_account_->uid, worker_account_->gid);
   for (std::uint32_t slot = config_.max_tunnels; slot > 0; --slot) free_slots_.push_back(slot - 1);
 
   const auto where = shared::net::parse_host_port(config_.control_address);
@@ -93,6 +122,27 @@ void supervisor::start() {
   control_.set_option(tcp::acceptor::reuse_address(true));
   control_.bind(endpoint);
   control_.listen(4096);
+  if (worker_account_) {
+    // Everything that needed root is done (TLS key read, control port bound, table created). Only
+    // public ports below 1024, bound per tunnel later, still need a privilege: keep just that one.
+    const bool low_ports = config_.port_min < 1024;
+    drop_privileges(*worker_account_, low_ports);
+    spdlog::info("dropped root: now user {} (uid {}, gid {}), no_new_privs, not dumpable, {}",
+                 worker_account_->name, worker_account_->uid, worker_account_->gid,
+                 low_ports ? "keeping only CAP_NET_BIND_SERVICE (public ports below 1024)"
+                           : "no capabilities");
+    spdlog::info("kept from root: the control listener, open files, and the tunnel table {} "
+                 "(now owned by {}); workers start as {} with no_new_privs",
+                 table_->name(), worker_account_->name, worker_account_->name);
+    // Every tunnel would fail at exec otherwise; say it once, now, with the cause.
+    if (::access(worker_path_.c_str(), X_OK) != 0)
+      throw std::runtime_error("worker executable " + worker_path_ + " is not executable by user " +
+                               worker_account_->name + ": access: " + std::strerror(errno) +
+                               " (the file and every directory on its path need o+x)");
+  } else {
+    spdlog::info("not started as root (uid {}): --user is not used; workers get no_new_privs",
+                 ::getuid());
+  }
   spdlog::info("control listening on {}", shared::net::to_string(control_.local_endpoint()));
   spdlog::info("tunnels: *.{} on {} ports {}-{}, at most {}; shared table {}", config_.base_domain,
                config_.public_bind, config_.port_min, config_.port_max, config_.max_tunnels,
@@ -123,13 +173,11 @@ asio::awaitable<void> supervisor::accept_loop() {
       continue;
     }
     if (pending_handshakes_ >= config_.max_pending_handshakes) {
-      spawn(
-          io_,
-          [](tcp::socket s) -> asio::awaitable<void> {
-            co_await proto::refuse(s, proto::error_code::overloaded,
-                                   "too many handshakes in progress; retry later");
-          }(std::move(socket)),
-          "refusal");
+      // Refused on the spot, without waiting on the newcomer: under a flood nothing may pile up.
+      shared::net::transport clear(std::move(socket));
+      clear.try_send_now(proto::encode(proto::error_message{
+          proto::error_code::overloaded, "too many handshakes in progress; retry later"}));
+      clear.close();
       continue;
     }
     spawn(io_, handshake(std::move(socket)), "handshake");
@@ -137,14 +185,47 @@ asio::awaitable<void> supervisor::accept_loop() {
 }
 
 asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
+  using namespace asio::experimental::awaitable_operators;
   pending_guard pending(pending_handshakes_);
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   if (ec) co_return;
   const auto peer_text = shared::net::to_string(peer);
   shared::net::set_nodelay(socket);
+  const auto deadline = std::chrono::steady_clock::now() + config_.handshake_timeout;
+  const auto timeout_text = "no INIT, DATA_INIT or DATA_ROUTE within " +
+                            std::to_string(config_.handshake_timeout.count()) + " s";
 
-  auto result = co_await proto::read_frame(socket, config_.handshake_timeout);
+  // One port serves both: a TLS record starts with 0x16, our frames with a length's high byte (0).
+  asio::steady_timer timer(io_, deadline);
+  auto readable = co_await (socket.async_wait(tcp::socket::wait_read, use_tuple) ||
+                            timer.async_wait(use_tuple));
+  if (readable.index() == 1) {
+    spdlog::info("{}: handshake timed out", peer_text);
+    shared::net::transport clear(std::move(socket));
+    co_await proto::refuse(clear, proto::error_code::handshake_timeout, timeout_text);
+    co_return;
+  }
+  std::uint8_t first_byte = 0;
+  if (::recv(socket.native_handle(), &first_byte, 1, MSG_PEEK | MSG_DONTWAIT) != 1) co_return;
+  const bool tls = first_byte == 0x16;
+  if (tls && !tls_) {
+    spdlog::info("{}: a TLS client, but this server has no certificate (--tls-cert); closed",
+                 peer_text);
+    co_return;  // a clear-text ERROR would only confuse its TLS stack
+  }
+  auto stream = tls ? shared::net::transport(std::move(socket), *tls_)
+                    : shared::net::transport(std::move(socket));
+  if (tls) {
+    if (auto failed = co_await stream.handshake(asio::ssl::stream_base::server,
+                                                deadline - std::chrono::steady_clock::now())) {
+      spdlog::info("{}: TLS handshake failed: {}", peer_text,
+                   shared::net::describe_tls_error(failed));
+      co_return;
+    }
+  }
+
+  auto result = co_await proto::read_frame(stream, deadline - std::chrono::steady_clock::now());
   if (auto* failure = std::get_if<proto::read_failure>(&result)) {
     switch (failure->why) {
       case proto::read_failure::kind::closed:
@@ -152,41 +233,57 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
         co_return;
       case proto::read_failure::kind::timed_out:
         spdlog::info("{}: handshake timed out", peer_text);
-        co_await proto::refuse(socket, proto::error_code::handshake_timeout,
-                               "no INIT or DATA_INIT within " +
-                                   std::to_string(config_.handshake_timeout.count()) + " s");
+        co_await proto::refuse(stream, proto::error_code::handshake_timeout, timeout_text);
         co_return;
       case proto::read_failure::kind::malformed:
         spdlog::info("{}: malformed first frame: {}", peer_text, failure->what);
-        co_await proto::refuse(socket, proto::error_code::protocol_error, failure->what);
+        co_await proto::refuse(stream, proto::error_code::protocol_error, failure->what);
         co_return;
     }
   }
   auto& first = std::get<proto::frame>(result);
+  const std::string needs_tls =
+      "this server requires TLS: run culvert with --tls (and --ca FILE for a private CA)";
   if (first.header.type == proto::frame_type::init) {
     auto init = proto::decode_init(first.payload);
     if (!init) {
-      co_await proto::refuse(socket, proto::error_code::protocol_error, "malformed INIT");
+      co_await proto::refuse(stream, proto::error_code::protocol_error, "malformed INIT");
       co_return;
     }
     if (init->version != proto::protocol_version) {
-      co_await proto::refuse(socket, proto::error_code::version_mismatch,
+      co_await proto::refuse(stream, proto::error_code::version_mismatch,
                              "protocol version " + std::to_string(init->version) +
                                  " is not supported; this server speaks version " +
                                  std::to_string(proto::protocol_version));
       co_return;
     }
-    co_await open_tunnel(std::move(socket), std::move(*init));
+    if (tls_ && !tls) {
+      spdlog::info("{}: refused: INIT in clear on a TLS server", peer_text);
+      co_await proto::refuse(stream, proto::error_code::protocol_error, needs_tls);
+      co_return;
+    }
+    co_await open_tunnel(std::move(stream), std::move(*init));
   } else if (first.header.type == proto::frame_type::data_init) {
     auto data_init = proto::decode_data_init(first.payload);
     if (!data_init || data_init->version != proto::protocol_version) {
-      co_await proto::refuse(socket, proto::error_code::protocol_error, "malformed DATA_INIT");
+      co_await proto::refuse(stream, proto::error_code::protocol_error, "malformed DATA_INIT");
       co_return;
     }
-    co_await attach_data(std::move(socket), *data_init);
+    if (tls_) {  // in TLS, data connections are routed in clear and keyed by the tunnel secret
+      co_await proto::refuse(stream, proto::error_code::protocol_error, needs_tls);
+      co_return;
+    }
+    co_await attach_data(std::move(stream), *data_init);
+  } else if (first.header.type == proto::frame_type::data_route && tls_ && !tls) {
+    auto route = proto::decode_data_route(first.payload);
+    if (!route || route->version != proto::protocol_version) {
+      co_await proto::refuse(stream, proto::error_code::protocol_error, "malformed DATA_ROUTE");
+      co_return;
+    }
+    co_await route_data(std::move(stream), *route);
   } else {
     co_await proto::refuse(
-        socket, proto::error_code::protocol_error,
+        stream, proto::error_code::protocol_error,
         "expected INIT or DATA_INIT, got " + std::string(proto::to_string(first.header.type)));
   }
 }
@@ -205,16 +302,17 @@ supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
   return it == tunnels_.end() ? nullptr : it->second;
 }
 
-asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_message init) {
+asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
+                                              proto::init_message init) {
   boost::system::error_code ec;
-  const auto peer_text = shared::net::to_string(socket.remote_endpoint(ec));
+  const auto peer_text = shared::net::to_string(stream.socket().remote_endpoint(ec));
   if (stopping_) {
-    co_await proto::refuse(socket, proto::error_code::shutting_down, "the server is shutting down");
+    co_await proto::refuse(stream, proto::error_code::shutting_down, "the server is shutting down");
     co_return;
   }
   if (auto problem = check_token(init.token)) {
     spdlog::info("{}: refused: {}", peer_text, *problem);
-    co_await proto::refuse(socket, proto::error_code::bad_token, *problem);
+    co_await proto::refuse(stream, proto::error_code::bad_token, *problem);
     co_return;
   }
 
@@ -233,7 +331,7 @@ asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_me
     if (free_slots_.empty()) {
       spdlog::info("{}: refused: tunnel limit {} reached", peer_text, config_.max_tunnels);
       co_await proto::refuse(
-          socket, proto::error_code::no_capacity,
+          stream, proto::error_code::no_capacity,
           "this server is at its limit of " + std::to_string(config_.max_tunnels) + " tunnels");
       co_return;
     }
@@ -244,7 +342,7 @@ asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_me
           : name.status == domain_pool::result::name_invalid ? proto::error_code::name_invalid
                                                              : proto::error_code::no_capacity;
       spdlog::info("{}: refused: {}", peer_text, name.error);
-      co_await proto::refuse(socket, code, name.error);
+      co_await proto::refuse(stream, code, name.error);
       co_return;
     }
     auto listener = ports_.bind_any();
@@ -252,7 +350,7 @@ asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_me
       domains_.give_back(name.domain);
       spdlog::warn("{}: refused: no free public port in {}-{}", peer_text, config_.port_min,
                    config_.port_max);
-      co_await proto::refuse(socket, proto::error_code::no_capacity, "no free public port");
+      co_await proto::refuse(stream, proto::error_code::no_capacity, "no free public port");
       co_return;
     }
     t = std::make_shared<tunnel>(io_, std::move(*listener));
@@ -277,34 +375,35 @@ asio::awaitable<void> supervisor::open_tunnel(tcp::socket socket, proto::init_me
   offer.data_connections = config_.data_connections;
   offer.domain = t->domain;
   offer.public_url = public_url(*t);
-  auto write_error = co_await proto::write_frame(socket, proto::encode(offer));
-  auto reply = write_error ? proto::read_result{proto::read_failure{
-                                 proto::read_failure::kind::io_error, write_error.message()}}
-                           : co_await proto::read_frame(socket, config_.handshake_timeout);
+  auto write_error = co_await proto::write_frame(stream, proto::encode(offer));
+  // Never `co_await` inside `?:`: GCC 12 then destroys the temporary twice (a double free).
+  proto::read_result reply =
+      proto::read_failure{proto::read_failure::kind::io_error, write_error.message()};
+  if (!write_error) reply = co_await proto::read_frame(stream, config_.handshake_timeout);
   auto* ack = std::get_if<proto::frame>(&reply);
   if (!ack || ack->header.type != proto::frame_type::ack) {
     spdlog::info("{}: no ACK for {}; {}", peer_text, t->domain,
                  reclaimed ? "tunnel left as it was" : "released");
-    if (ack) co_await proto::refuse(socket, proto::error_code::protocol_error, "expected ACK");
+    if (ack) co_await proto::refuse(stream, proto::error_code::protocol_error, "expected ACK");
     if (!reclaimed && t->state == ipc::slot_state::starting) finish_tunnel(t);
     co_return;
   }
   if (t->state == ipc::slot_state::stopping) {  // shut down while we waited for the ACK
-    co_await proto::refuse(socket, proto::error_code::shutting_down, "the server is shutting down");
+    co_await proto::refuse(stream, proto::error_code::shutting_down, "the server is shutting down");
     co_return;
   }
 
   spdlog::info("{}: {} {} tunnel {} on port {}", peer_text, reclaimed ? "reclaimed" : "opened",
                init.kind == proto::tunnel_kind::tcp ? "tcp" : "http", t->domain, t->port);
-  attach_control(t, std::move(socket));
+  attach_control(t, std::move(stream));
   if (!t->worker_pid) start_worker(t);  // a new tunnel, or one whose worker restart is pending
 }
 
-void supervisor::attach_control(const tunnel_ptr& t, tcp::socket socket) {
+void supervisor::attach_control(const tunnel_ptr& t, shared::net::transport stream) {
   t->grace_timer.cancel();
   boost::system::error_code ec;
-  t->client_addr = shared::net::to_string(socket.remote_endpoint(ec));
-  auto link = std::make_shared<proto::control_link>(std::move(socket), config_.heartbeat_interval,
+  t->client_addr = shared::net::to_string(stream.socket().remote_endpoint(ec));
+  auto link = std::make_shared<proto::control_link>(std::move(stream), config_.heartbeat_interval,
                                                     config_.heartbeat_timeout,
                                                     proto::control_link::hooks{});
   const proto::control_link* raw = link.get();
@@ -334,35 +433,58 @@ void supervisor::attach_control(const tunnel_ptr& t, tcp::socket socket) {
 
 // ---- Data connections -----------------------------------------------------------------------
 
-asio::awaitable<void> supervisor::attach_data(tcp::socket socket, proto::data_init_message init) {
+asio::awaitable<void> supervisor::attach_data(shared::net::transport stream,
+                                              proto::data_init_message init) {
   auto t = find_by_id(init.tunnel_id);
   if (!t || t->state == ipc::slot_state::stopping ||
       !shared::util::equal_constant_time(t->secret, init.secret)) {
     boost::system::error_code ec;
     spdlog::info("{}: data connection refused: unknown tunnel or wrong secret",
-                 shared::net::to_string(socket.remote_endpoint(ec)));
-    co_await proto::refuse(socket, proto::error_code::unknown_tunnel,
+                 shared::net::to_string(stream.socket().remote_endpoint(ec)));
+    co_await proto::refuse(stream, proto::error_code::unknown_tunnel,
                            "no tunnel with this id and secret");
     co_return;
   }
+  co_await deliver_data(t, std::move(stream.socket()), false);
+}
+
+// TLS servers: the client named its tunnel in clear; whether it holds the secret is settled by
+// the TLS handshake with the tunnel's worker, which alone knows the key derived from it.
+asio::awaitable<void> supervisor::route_data(shared::net::transport stream,
+                                             proto::data_route_message route) {
+  auto t = find_by_id(route.tunnel_id);
+  if (!t || t->state == ipc::slot_state::stopping) {
+    boost::system::error_code ec;
+    spdlog::info("{}: data connection refused: unknown tunnel",
+                 shared::net::to_string(stream.socket().remote_endpoint(ec)));
+    co_await proto::refuse(stream, proto::error_code::unknown_tunnel, "no tunnel with this id");
+    co_return;
+  }
+  co_await deliver_data(t, std::move(stream.socket()), true);
+}
+
+asio::awaitable<void> supervisor::deliver_data(tunnel_ptr t, tcp::socket socket, bool tls) {
   if (t->worker_ready && t->channel) {
-    co_await hand_over(t, std::move(socket));
+    co_await hand_over(t, std::move(socket), tls);
     co_return;
   }
   if (t->waiting_data.size() >= max_waiting_data) {
-    co_await proto::refuse(socket, proto::error_code::overloaded,
+    shared::net::transport clear(std::move(socket));
+    co_await proto::refuse(clear, proto::error_code::overloaded,
                            "too many data connections waiting for the tunnel's worker");
     co_return;
   }
-  t->waiting_data.push_back(std::move(socket));  // handed over when the worker reports ready
+  t->waiting_data.push_back({std::move(socket), tls});  // handed over when the worker is ready
 }
 
-asio::awaitable<void> supervisor::hand_over(tunnel_ptr t, tcp::socket socket) {
+asio::awaitable<void> supervisor::hand_over(tunnel_ptr t, tcp::socket socket, bool tls) {
   auto channel = t->channel;
   boost::system::error_code ec;
   const auto peer = shared::net::to_string(socket.remote_endpoint(ec));
   if (ec) co_return;
-  if (auto err = co_await ipc::send_message(*channel, "D" + peer, socket.native_handle())) {
+  // "D": the client is authenticated, send DATA_READY; "T": run the TLS (PSK) handshake first.
+  const std::string message = (tls ? "T" : "D") + peer;
+  if (auto err = co_await ipc::send_message(*channel, message, socket.native_handle())) {
     // The worker is going away; the client sees its data connection close and dials again.
     spdlog::warn("{}: handing a data connection to the worker failed: {}", t->domain,
                  err.message());
@@ -395,6 +517,10 @@ void supervisor::start_worker(const tunnel_ptr& t) {
   };
   spawn_request.channel_fd = worker_end.native_handle();
   spawn_request.listener_fd = t->listener.native_handle();
+  if (worker_account_) {  // the supervisor has dropped too; the child re-checks and adds nothing
+    spawn_request.uid = worker_account_->uid;
+    spawn_request.gid = worker_account_->gid;
+  }
   boost::system::error_code ec;
   const pid_t pid = launch_worker(io_, spawn_request, ec);
   worker_end.close();
@@ -408,6 +534,15 @@ void supervisor::start_worker(const tunnel_ptr& t) {
   }
   t->worker_pid = pid;
   t->channel = channel;
+  if (tls_) {
+    // The worker alone terminates the tunnel's TLS data connections: give it their key (first,
+    // so it is there before any connection), never the secret itself.
+    std::string key_message = "K";
+    for (int shift = 56; shift >= 0; shift -= 8) key_message += char(t->id >> shift);
+    const auto key = shared::tls::derive_data_psk(t->secret);
+    key_message.append(reinterpret_cast<const char*>(key.data()), key.size());
+    spawn(io_, tell_worker(channel, std::move(key_message)), "worker key");
+  }
   t->worker_ready = false;
   t->worker_started = std::chrono::steady_clock::now();
   by_worker_pid_[pid] = t;
@@ -430,15 +565,22 @@ asio::awaitable<void> supervisor::worker_channel_loop(
         t->control->send(proto::encode_empty(proto::frame_type::reopen));
       t->reopen_pending = false;
       while (!t->waiting_data.empty()) {
-        auto socket = std::move(t->waiting_data.front());
+        auto waiting = std::move(t->waiting_data.front());
         t->waiting_data.pop_front();
-        co_await hand_over(t, std::move(socket));
+        co_await hand_over(t, std::move(waiting.socket), waiting.tls);
       }
     } else if (message.payload[0] == 'C') {
       t->data_connections = std::uint16_t(std::strtoul(message.payload.c_str() + 1, nullptr, 10));
       publish(*t);
     }
   }
+}
+
+asio::awaitable<void> supervisor::tell_worker(std::shared_ptr<ipc::channel_socket> channel,
+                                              std::string message) {
+  if (auto ec = co_await ipc::send_message(*channel, message))
+    spdlog::warn("message to a worker failed: {}", ec.message());
+  OPENSSL_cleanse(message.data(), message.size());
 }
 
 asio::awaitable<void> supervisor::reap_loop() {

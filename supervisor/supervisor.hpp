@@ -27,6 +27,8 @@
 #include "shared/protocol/messages.hpp"
 #include "supervisor/config.hpp"
 #include "supervisor/domain_pool.hpp"
+#include "shared/net/transport.hpp"
+#include "supervisor/privileges.hpp"
 #include "supervisor/public_ports.hpp"
 
 namespace culvert::supervisor {
@@ -54,7 +56,11 @@ struct tunnel {
   pid_t worker_pid = 0;
   std::shared_ptr<shared::ipc::channel_socket> channel;
   bool worker_ready = false;
-  std::deque<boost::asio::ip::tcp::socket> waiting_data;  // arrived while no worker was ready
+  struct pending_data {
+    boost::asio::ip::tcp::socket socket;
+    bool tls;  // routed by DATA_ROUTE: the worker runs the TLS handshake
+  };
+  std::deque<pending_data> waiting_data;  // arrived while no worker was ready
   std::uint32_t restarts = 0;
   std::uint32_t quick_failures = 0;  // consecutive exits soon after start (for back-off)
   std::chrono::steady_clock::time_point worker_started;
@@ -75,19 +81,24 @@ class supervisor {
 
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> handshake(boost::asio::ip::tcp::socket);
-  boost::asio::awaitable<void> open_tunnel(boost::asio::ip::tcp::socket,
+  boost::asio::awaitable<void> open_tunnel(shared::net::transport,
                                            shared::protocol::init_message);
-  boost::asio::awaitable<void> attach_data(boost::asio::ip::tcp::socket,
+  boost::asio::awaitable<void> attach_data(shared::net::transport,
                                            shared::protocol::data_init_message);
+  boost::asio::awaitable<void> route_data(shared::net::transport,
+                                          shared::protocol::data_route_message);
+  boost::asio::awaitable<void> deliver_data(tunnel_ptr, boost::asio::ip::tcp::socket, bool tls);
   boost::asio::awaitable<void> worker_channel_loop(tunnel_ptr,
                                                    std::shared_ptr<shared::ipc::channel_socket>);
-  boost::asio::awaitable<void> hand_over(tunnel_ptr, boost::asio::ip::tcp::socket);
+  boost::asio::awaitable<void> hand_over(tunnel_ptr, boost::asio::ip::tcp::socket, bool tls);
+  boost::asio::awaitable<void> tell_worker(std::shared_ptr<shared::ipc::channel_socket>,
+                                          std::string message);
   boost::asio::awaitable<void> reap_loop();
   boost::asio::awaitable<void> shutdown();
 
   std::optional<std::string> check_token(const std::string& token) const;
   tunnel_ptr find_by_id(std::uint64_t id) const;
-  void attach_control(const tunnel_ptr&, boost::asio::ip::tcp::socket);
+  void attach_control(const tunnel_ptr&, shared::net::transport);
   void start_worker(const tunnel_ptr&);
   void on_worker_exit(pid_t, int status);
   void restart_worker(const tunnel_ptr&);
@@ -104,6 +115,8 @@ class supervisor {
   domain_pool domains_;
   public_ports ports_;
   std::string worker_path_;
+  std::optional<account> worker_account_;  // set when started as root: workers run as it
+  std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
   std::map<std::uint64_t, tunnel_ptr> tunnels_;  // by tunnel id
   std::map<pid_t, tunnel_ptr> by_worker_pid_;
   std::vector<std::uint32_t> free_slots_;

@@ -7,6 +7,8 @@
 #include <boost/process/v2/process.hpp>
 #include <filesystem>
 
+#include "supervisor/privileges.hpp"
+
 namespace culvert::supervisor {
 
 namespace bp = boost::process::v2;
@@ -19,6 +21,8 @@ namespace {
 struct inherit_descriptors {
   int channel_fd;
   int listener_fd;
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
 
   bp::error_code on_setup(bp::posix::default_launcher& launcher, const bp::filesystem::path&,
                           const char* const*) {
@@ -35,6 +39,14 @@ struct inherit_descriptors {
     if (channel_high < 0 || listener_high < 0 || ::dup2(channel_high, 3) < 0 ||
         ::dup2(listener_high, 4) < 0)
       return bp::error_code(errno, bp::system_category());
+    // After the dup2s (which need no privilege) and before exec: the worker reads visitor bytes
+    // from its first instruction on, so it must never run a single one as root.
+    if (uid && gid) {
+      if (const int failed = drop_in_child(*uid, *gid))
+        return bp::error_code(failed, bp::system_category());
+    } else if (const int failed = forbid_new_privileges()) {
+      return bp::error_code(failed, bp::system_category());
+    }
     return {};  // the launcher closes everything else, temporaries included
   }
 };
@@ -45,7 +57,8 @@ pid_t launch_worker(boost::asio::io_context& io, const worker_spawn& spawn,
                     boost::system::error_code& error) {
   bp::posix::default_launcher launcher;
   bp::process child = launcher(io.get_executor(), error, spawn.executable, spawn.arguments,
-                               inherit_descriptors{spawn.channel_fd, spawn.listener_fd});
+                               inherit_descriptors{spawn.channel_fd, spawn.listener_fd,
+                                                   spawn.uid, spawn.gid});
   if (error) return 0;
   const pid_t pid = child.id();
   child.detach();  // the supervisor's SIGCHLD handler reaps it

@@ -1,5 +1,6 @@
 // Starting a worker process (Boost.Process v2, fork + exec of culvert-worker) with exactly two
-// inherited descriptors: its channel to the supervisor as fd 3 and the public listener as fd 4.
+// inherited descriptors: its channel to the supervisor as fd 3 and the public listener as fd 4,
+// as the unprivileged worker account and with no_new_privs.
 // Runs in the supervisor, which is single-threaded when it forks. Reaping is not done here: the
 // supervisor's one SIGCHLD handler does it.
 #pragma once
@@ -8,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/system/error_code.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,10 @@ struct worker_spawn {
   std::vector<std::string> arguments;
   int channel_fd = -1;   // becomes fd 3 in the worker
   int listener_fd = -1;  // becomes fd 4 in the worker
+  // When set, the child switches to this uid/gid (groups = {gid}) before exec. Either way the
+  // worker runs with PR_SET_NO_NEW_PRIVS: nothing it execs can gain privileges.
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
 };
 
 // Returns the child's pid, or 0 with `error` set.

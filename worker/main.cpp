@@ -2,6 +2,7 @@
 #include <sys/prctl.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <exception>
 
@@ -45,9 +46,12 @@ int main(int argc, char** argv) {
     w::worker worker(io, options);
     worker.start();
     io.run();
+    // Leave without running local destructors: the io_context would destroy its pending
+    // coroutine frames after the objects they point into. The kernel closes every descriptor.
+    spdlog::default_logger()->flush();
+    std::exit(w::exit_ok);
   } catch (const std::exception& e) {
     spdlog::critical("fatal: {}", e.what());
     return w::exit_fatal;
   }
-  return w::exit_ok;
 }

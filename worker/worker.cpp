@@ -3,6 +3,10 @@
 
 #include <sys/socket.h>
 
+#include <cstring>
+
+#include <openssl/crypto.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -42,6 +46,8 @@ worker::worker(asio::io_context& io, worker_options options)
       signals_(io, SIGTERM, SIGINT) {}
 
 void worker::start() {
+  // Visitors a previous worker of this tunnel had open died with it.
+  table_.counters().open_visitors.store(0, std::memory_order_relaxed);
   spawn(io_, channel_loop(), "supervisor channel");
   spawn(io_, accept_loop(), "public accept loop");
   signals_.async_wait([this](boost::system::error_code ec, int signal) {
@@ -64,7 +70,18 @@ asio::awaitable<void> worker::channel_loop() {
       co_return;
     }
     auto& message = std::get<shared::ipc::channel_message>(received);
-    if (!message.payload.empty() && message.payload.front() == 'D' && message.fd >= 0) {
+    const char kind = message.payload.empty() ? '\0' : message.payload.front();
+    if (kind == 'K' && message.fd < 0 &&
+        message.payload.size() == 1 + 8 + sizeof(shared::tls::psk_bytes)) {
+      // The key of this tunnel's TLS data connections: tunnel id, then the derived key.
+      std::uint64_t id = 0;
+      for (int i = 1; i <= 8; ++i) id = id << 8 | std::uint8_t(message.payload[i]);
+      shared::tls::psk_bytes key;
+      std::memcpy(key.data(), message.payload.data() + 9, key.size());
+      if (!psk_) psk_ = std::make_unique<shared::tls::psk_server>();
+      psk_->set_psk(id, key);
+      OPENSSL_cleanse(message.payload.data(), message.payload.size());
+    } else if ((kind == 'D' || kind == 'T') && message.fd >= 0) {
       boost::system::error_code ec;
       tcp::socket connection(io_);
       connection.assign(protocol_of(message.fd), message.fd, ec);
@@ -73,7 +90,7 @@ asio::awaitable<void> worker::channel_loop() {
         ::close(message.fd);
         continue;
       }
-      spawn(io_, adopt(std::move(connection)), "data connection adoption");
+      spawn(io_, adopt(std::move(connection), kind == 'T'), "data connection adoption");
     } else {
       if (message.fd >= 0) ::close(message.fd);
       spdlog::warn("unexpected message on the supervisor channel; ignored");
@@ -81,11 +98,30 @@ asio::awaitable<void> worker::channel_loop() {
   }
 }
 
-asio::awaitable<void> worker::adopt(tcp::socket connection) {
+asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
   boost::system::error_code ec;
-  const auto peer = connection.remote_endpoint(ec);
+  const auto peer = socket.remote_endpoint(ec);
   if (ec) co_return;  // died in transit
   if (stopping_) co_return;
+  if (tls && (!psk_ || tls_handshakes_ >= max_tls_handshakes)) {
+    spdlog::warn("data connection from {} dropped: {}", net::to_string(peer),
+                 psk_ ? "too many TLS handshakes at once" : "no key yet");
+    co_return;
+  }
+  net::transport connection = tls ? net::transport(std::move(socket), psk_->context())
+                                  : net::transport(std::move(socket));
+  if (tls) {
+    // Only a client that knows the tunnel's secret completes this handshake (TLS 1.3 PSK).
+    ++tls_handshakes_;
+    auto failed = co_await connection.handshake(asio::ssl::stream_base::server,
+                                                options_.handshake_timeout);
+    --tls_handshakes_;
+    if (failed) {
+      spdlog::warn("data connection from {}: TLS handshake failed: {}", net::to_string(peer),
+                   net::describe_tls_error(failed));
+      co_return;
+    }
+  }
   // DATA_READY tells the client its data connection now reaches this worker.
   if (auto err = co_await shared::protocol::write_frame(
           connection, shared::protocol::encode_empty(shared::protocol::frame_type::data_ready))) {

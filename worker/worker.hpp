@@ -22,6 +22,7 @@
 #include "shared/ipc/tunnel_table.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
+#include "shared/tls/tls_contexts.hpp"
 
 namespace culvert::worker {
 
@@ -34,9 +35,13 @@ struct worker_options {
   std::string log_level = "info";
   std::size_t max_visitors = 16384;  // open visitor connections; more are reset at once
   std::chrono::seconds drain_timeout{5};
+  std::chrono::seconds handshake_timeout{5};  // TLS data connections
   std::chrono::seconds visitor_wait{10};  // for a data connection, once accepted
   shared::net::mux_settings mux;
 };
+
+// At most this many TLS handshakes at once; more data connections are dropped.
+inline constexpr unsigned max_tls_handshakes = 32;
 
 // Exit codes (the supervisor reads them).
 inline constexpr int exit_ok = 0;
@@ -50,7 +55,8 @@ class worker {
  private:
   boost::asio::awaitable<void> channel_loop();
   boost::asio::awaitable<void> accept_loop();
-  boost::asio::awaitable<void> adopt(boost::asio::ip::tcp::socket connection);
+  // A data connection handed over by the supervisor; `tls`: run the PSK handshake first.
+  boost::asio::awaitable<void> adopt(boost::asio::ip::tcp::socket, bool tls);
   boost::asio::awaitable<bool> wait_for_session(std::chrono::steady_clock::duration limit);
   boost::asio::awaitable<void> relay_when_connected(boost::asio::ip::tcp::socket visitor,
                                                     std::string peer);
@@ -69,6 +75,10 @@ class worker {
   std::vector<std::shared_ptr<shared::net::mux_session>> sessions_;
   boost::asio::steady_timer sessions_changed_;  // never expires; cancel() wakes every waiter
   boost::asio::signal_set signals_;
+  // TLS data connections: only this tunnel's key opens them. Made when the key arrives, so a
+  // clear-text tunnel's worker never initialises OpenSSL (megabytes of memory).
+  std::unique_ptr<shared::tls::psk_server> psk_;
+  unsigned tls_handshakes_ = 0;      // in progress
   std::size_t parked_visitors_ = 0;  // accepted, waiting for a data connection
   bool stopping_ = false;
 };

@@ -6,6 +6,7 @@
 #include "shared/ipc/tunnel_table.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <limits>
 #include <new>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 
@@ -280,6 +282,17 @@ tunnel_table_owner::~tunnel_table_owner() {
 }
 
 std::uint32_t tunnel_table_owner::slot_count() const { return header_->slot_count; }
+
+void tunnel_table_owner::grant_to(uid_t uid, gid_t gid) {
+  const int fd = memory_.get_mapping_handle().handle;
+  if (::fchown(fd, uid, gid) != 0)
+    throw std::system_error(errno, std::generic_category(),
+                            "fchown " + name_ + " to " + std::to_string(uid) + ":" +
+                                std::to_string(gid) + " (handing the tunnel table to the workers)");
+  // Owner read-write (workers' counters), everyone else read-only (culvert-status); never more.
+  if (::fchmod(fd, 0644) != 0)
+    throw std::system_error(errno, std::generic_category(), "fchmod 0644 " + name_);
+}
 
 void tunnel_table_owner::write_identity(std::uint32_t index, const slot_identity& identity) {
   if (index >= header_->slot_count)

@@ -6,6 +6,8 @@
 // written, readers retry), counters are lock-free atomics with a single writer each.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -100,6 +102,11 @@ class tunnel_table_owner {
   void write_identity(std::uint32_t index, const slot_identity& identity);
   // Returns the slot to the pool: identity cleared, counters zeroed.
   void clear(std::uint32_t index);
+  // Makes `uid`:`gid` the segment's owner (fchown; mode stays 0644), so that unprivileged workers
+  // running as that account can map it read-write and this process, once it has dropped to the
+  // same account, can still unlink it: /dev/shm is sticky, only the owner may remove an entry.
+  // Throws std::system_error naming fchown.
+  void grant_to(uid_t uid, gid_t gid);
   const std::string& name() const { return name_; }
 
  private:

@@ -43,4 +43,11 @@ std::string to_string(const boost::asio::ip::tcp::endpoint& e) {
   return e.address().to_string() + ":" + std::to_string(e.port());
 }
 
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host.ends_with(".localhost")) return true;
+  boost::system::error_code ec;
+  auto address = boost::asio::ip::make_address(std::string(host), ec);
+  return !ec && address.is_loopback();
+}
+
 }  // namespace culvert::shared::net

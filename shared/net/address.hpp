@@ -19,5 +19,7 @@ struct host_port {
 std::optional<host_port> parse_host_port(std::string_view text,
                                          std::optional<std::string_view> default_host = {});
 std::string to_string(const boost::asio::ip::tcp::endpoint&);
+// "localhost", "*.localhost", 127.0.0.0/8 and ::1: traffic that never leaves this machine.
+bool is_loopback_host(std::string_view host);
 
 }  // namespace culvert::shared::net

@@ -113,7 +113,7 @@ asio::awaitable<void> wait_for_wake(asio::steady_timer& timer) {
 }
 }  // namespace
 
-mux_session::mux_session(tcp::socket connection, role r, mux_settings settings, mux_hooks hooks,
+mux_session::mux_session(transport connection, role r, mux_settings settings, mux_hooks hooks,
                          buffer_pool& pool)
     : connection_(std::move(connection)),
       role_(r),
@@ -129,9 +129,9 @@ mux_session::~mux_session() {
 }
 
 void mux_session::start() {
-  set_nodelay(connection_);
+  set_nodelay(connection_.socket());
   error_code ec;
-  connection_.non_blocking(true, ec);
+  connection_.socket().non_blocking(true, ec);
   last_received_ = clock_type::now();
   flood_window_start_ = last_received_;
   auto ex = connection_.get_executor();
@@ -176,8 +176,7 @@ void mux_session::close(const std::string& reason) {
   all.reserve(streams_.size());
   for (auto& [id, s] : streams_) all.push_back(s);
   for (auto& s : all) remove_stream(s, true, "data connection closed: " + reason);
-  error_code ec;
-  connection_.close(ec);
+  connection_.close();
   writer_wake_.cancel();
   keepalive_timer_.cancel();
   if (auto hook = std::move(hooks_.on_closed)) hook(reason);
@@ -191,8 +190,7 @@ asio::awaitable<void> mux_session::read_loop() {
   std::size_t begin = 0, end = 0;
   while (open_) {
     auto [ec, n] =
-        co_await connection_.async_read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
-                                             use_tuple);
+        co_await connection_.read_some(asio::buffer(buffer.data() + end, buffer.size() - end));
     if (!open_) co_return;
     if (ec) {
       close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message());
@@ -226,6 +224,12 @@ asio::awaitable<void> mux_session::read_loop() {
 
 bool mux_session::handle_frame(const proto::frame_header& h,
                                std::span<const std::uint8_t> payload) {
+  // Flood limits count per second of arrival (the time of the read that brought the frame).
+  if (last_received_ - flood_window_start_ >= std::chrono::seconds(1)) {
+    flood_window_start_ = last_received_;
+    pings_in_window_ = 0;
+    stale_frames_in_window_ = 0;
+  }
   switch (h.type) {
     case proto::frame_type::data: return handle_data(h, payload);
     case proto::frame_type::window: return handle_window(h.stream_id, proto::load_u32(payload.data()));
@@ -372,12 +376,6 @@ void mux_session::handle_reset(std::uint32_t id) {
 }
 
 void mux_session::handle_ping(const proto::frame_header& h, std::span<const std::uint8_t> payload) {
-  const auto now = clock_type::now();
-  if (now - flood_window_start_ >= std::chrono::seconds(1)) {
-    flood_window_start_ = now;
-    pings_in_window_ = 0;
-    stale_frames_in_window_ = 0;
-  }
   if (h.flags & proto::flags::ack) {
     const std::uint64_t sent = proto::load_u64(payload.data());
     const std::uint64_t current = now_ns();
@@ -397,8 +395,7 @@ void mux_session::protocol_violation(const std::string& what) {
   // Best effort: tell the peer why, without waiting on a peer that may not read.
   auto frame = proto::encode(proto::error_message{proto::error_code::protocol_error, what});
   // MSG_DONTWAIT: Asio's synchronous write would wait for room, and a hostile peer never reads.
-  [[maybe_unused]] auto sent =
-      ::send(connection_.native_handle(), frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  connection_.try_send_now(frame);
   close("protocol violation: " + what);
 }
 
@@ -451,7 +448,7 @@ asio::awaitable<void> mux_session::write_loop() {
       bytes += f.payload_length;
     }
     if (!buffers.empty()) {
-      auto [ec, n] = co_await asio::async_write(connection_, buffers, use_tuple);
+      auto [ec, n] = co_await connection_.write(buffers);
       if (!open_) co_return;
       if (ec) {
         close("write failed: " + ec.message());

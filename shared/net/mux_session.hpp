@@ -23,6 +23,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "shared/net/buffer_pool.hpp"
+#include "shared/net/transport.hpp"
 #include "shared/protocol/frame.hpp"
 
 namespace culvert::shared::net {
@@ -68,7 +69,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
  public:
   enum class role { server, client };
 
-  mux_session(boost::asio::ip::tcp::socket connection, role, mux_settings, mux_hooks,
+  mux_session(transport connection, role, mux_settings, mux_hooks,
               buffer_pool&);
   ~mux_session();
 
@@ -117,7 +118,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);
   void wake_writer();
 
-  boost::asio::ip::tcp::socket connection_;
+  transport connection_;
   role role_;
   mux_settings settings_;
   mux_hooks hooks_;

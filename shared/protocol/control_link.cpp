@@ -16,7 +16,7 @@ using clock_type = std::chrono::steady_clock;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr unsigned max_pings_per_second = 20;
 
-control_link::control_link(asio::ip::tcp::socket socket, std::chrono::milliseconds interval,
+control_link::control_link(net::transport socket, std::chrono::milliseconds interval,
                            std::chrono::milliseconds silence_limit, hooks h)
     : socket_(std::move(socket)),
       interval_(interval),
@@ -25,12 +25,12 @@ control_link::control_link(asio::ip::tcp::socket socket, std::chrono::millisecon
       writer_wake_(socket_.get_executor()),
       heartbeat_timer_(socket_.get_executor()) {
   boost::system::error_code ec;
-  auto endpoint = socket_.remote_endpoint(ec);
+  auto endpoint = socket_.socket().remote_endpoint(ec);
   peer_ = ec ? "?" : net::to_string(endpoint);
 }
 
 void control_link::start() {
-  net::set_nodelay(socket_);
+  net::set_nodelay(socket_.socket());
   last_received_ = ping_window_start_ = clock_type::now();
   auto ex = socket_.get_executor();
   net::spawn(ex, read_loop(), "control reader");
@@ -59,8 +59,7 @@ void control_link::close_with_error(error_code code, std::string message) {
 void control_link::close(const std::string& reason) {
   if (!open_) return;
   open_ = false;
-  boost::system::error_code ignored;
-  socket_.close(ignored);
+  socket_.close();
   writer_wake_.cancel();
   heartbeat_timer_.cancel();
   if (auto hook = std::move(hooks_.on_closed)) hook(reason);
@@ -71,6 +70,10 @@ asio::awaitable<void> control_link::read_loop() {
   while (open_) {
     auto result = co_await read_frame(socket_);
     if (!open_) co_return;
+    if (closing_after_flush_) {  // an ERROR is on its way out: only wait for the peer's end
+      if (std::holds_alternative<read_failure>(result)) close("error sent");
+      continue;
+    }
     if (auto* failure = std::get_if<read_failure>(&result)) {
       if (failure->why == read_failure::kind::malformed) {
         close_with_error(error_code::protocol_error, failure->what);
@@ -109,16 +112,16 @@ asio::awaitable<void> control_link::write_loop() {
   while (open_) {
     if (queue_.empty()) {
       if (closing_after_flush_) {
-        boost::system::error_code ignored;
-        socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-        close("error sent");
+        // FIN after the ERROR; the reader closes on the peer's end (or the timer does), since
+        // closing with unread input would reset the connection and could destroy the ERROR.
+        socket_.shutdown_send();
         co_return;
       }
       writer_wake_.expires_at(clock_type::time_point::max());
       co_await writer_wake_.async_wait(use_tuple);
       continue;
     }
-    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(queue_.front()), use_tuple);
+    auto [ec, n] = co_await socket_.write(asio::buffer(queue_.front()));
     if (!open_) co_return;
     if (ec) {
       close("write failed: " + ec.message());

@@ -25,7 +25,7 @@ class control_link : public std::enable_shared_from_this<control_link> {
     std::function<void(const std::string& reason)> on_closed;
   };
 
-  control_link(boost::asio::ip::tcp::socket, std::chrono::milliseconds heartbeat_interval,
+  control_link(net::transport, std::chrono::milliseconds heartbeat_interval,
                std::chrono::milliseconds silence_limit, hooks);
   // Hooks may be set after construction (they often need the link's own address), before start.
   void set_hooks(hooks h) { hooks_ = std::move(h); }
@@ -35,6 +35,8 @@ class control_link : public std::enable_shared_from_this<control_link> {
   void close_with_error(error_code, std::string message);
   void close(const std::string& reason);
   bool is_open() const { return open_; }
+  // True once an ERROR is queued: the link closes by itself when it has gone out.
+  bool closing() const { return closing_after_flush_; }
   std::string peer() const { return peer_; }
 
  private:
@@ -42,7 +44,7 @@ class control_link : public std::enable_shared_from_this<control_link> {
   boost::asio::awaitable<void> write_loop();
   boost::asio::awaitable<void> heartbeat_loop();
 
-  boost::asio::ip::tcp::socket socket_;
+  net::transport socket_;
   std::chrono::milliseconds interval_, silence_limit_;
   hooks hooks_;
   std::string peer_;

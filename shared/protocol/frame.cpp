@@ -23,6 +23,7 @@ std::optional<type_rules> rules_for(std::uint8_t type) {
     case frame_type::data_init: return type_rules{0, false, 42, 42};
     case frame_type::data_ready: return type_rules{0, false, 0, 0};
     case frame_type::reopen: return type_rules{0, false, 0, 0};
+    case frame_type::data_route: return type_rules{0, false, 10, 10};
     case frame_type::open: return type_rules{0, true, {}, 128};
     case frame_type::data: return type_rules{flags::fin, true, {}, max_data_payload};
     case frame_type::window: return type_rules{0, true, 4, 4};
@@ -87,6 +88,7 @@ std::string_view to_string(frame_type t) {
     case frame_type::data_init: return "DATA_INIT";
     case frame_type::data_ready: return "DATA_READY";
     case frame_type::reopen: return "REOPEN";
+    case frame_type::data_route: return "DATA_ROUTE";
     case frame_type::open: return "OPEN";
     case frame_type::data: return "DATA";
     case frame_type::window: return "WINDOW";

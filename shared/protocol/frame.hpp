@@ -29,6 +29,7 @@ enum class frame_type : std::uint8_t {
   data_init = 0x06,  // client -> server: first frame of a data connection
   data_ready = 0x07, // worker -> client: the data connection is adopted by the tunnel's worker
   reopen = 0x08,     // server -> client: re-open your data connections (worker restarted)
+  data_route = 0x09, // client -> server, in clear: a TLS data connection for this tunnel follows
   // Data connection, multiplexed streams (stream id != 0).
   open = 0x10,    // worker -> client: a new visitor stream
   data = 0x11,    // either way: stream bytes; flag fin ends that direction

@@ -6,6 +6,7 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 
 namespace culvert::shared::protocol {
@@ -14,29 +15,30 @@ namespace asio = boost::asio;
 using namespace boost::asio::experimental::awaitable_operators;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-asio::awaitable<read_result> read_frame(asio::ip::tcp::socket& socket) {
+asio::awaitable<read_result> read_frame(net::transport& stream) {
   std::array<std::uint8_t, header_size> head;
-  auto [ec, n] = co_await asio::async_read(socket, asio::buffer(head), use_tuple);
-  if (ec == asio::error::eof && n == 0) co_return read_failure{read_failure::kind::closed, "connection closed"};
+  auto [ec, n] = co_await stream.read_exactly(asio::buffer(head));
+  if (ec && n == 0 && (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated))
+    co_return read_failure{read_failure::kind::closed, "connection closed"};
   if (ec == asio::error::eof) co_return read_failure{read_failure::kind::malformed, "truncated frame"};
-  if (ec) co_return read_failure{read_failure::kind::io_error, ec.message()};
+  if (ec) co_return read_failure{read_failure::kind::io_error, net::describe_tls_error(ec)};
   auto decoded = decode_header(std::span<const std::uint8_t, header_size>(head));
   if (auto* e = std::get_if<decode_error>(&decoded))
     co_return read_failure{read_failure::kind::malformed, std::string(to_string(*e))};
   frame f{std::get<frame_header>(decoded), {}};
   f.payload.resize(f.header.length);
   if (f.header.length > 0) {
-    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(f.payload), use_tuple);
+    auto [ec2, n2] = co_await stream.read_exactly(asio::buffer(f.payload));
     if (ec2 == asio::error::eof) co_return read_failure{read_failure::kind::malformed, "truncated frame"};
-    if (ec2) co_return read_failure{read_failure::kind::io_error, ec2.message()};
+    if (ec2) co_return read_failure{read_failure::kind::io_error, net::describe_tls_error(ec2)};
   }
   co_return f;
 }
 
-asio::awaitable<read_result> read_frame(asio::ip::tcp::socket& socket,
+asio::awaitable<read_result> read_frame(net::transport& stream,
                                         std::chrono::steady_clock::duration limit) {
-  asio::steady_timer timer(socket.get_executor(), limit);
-  auto outcome = co_await (read_frame(socket) || timer.async_wait(use_tuple));
+  asio::steady_timer timer(stream.get_executor(), limit);
+  auto outcome = co_await (read_frame(stream) || timer.async_wait(use_tuple));
   // Asio flattens `variant<A, B> || C` into variant<A, B, C>: pick by type, never by index.
   co_return std::visit(
       [](auto&& value) -> read_result {
@@ -49,19 +51,29 @@ asio::awaitable<read_result> read_frame(asio::ip::tcp::socket& socket,
       std::move(outcome));
 }
 
-asio::awaitable<boost::system::error_code> write_frame(asio::ip::tcp::socket& socket,
+asio::awaitable<boost::system::error_code> write_frame(net::transport& stream,
                                                        const encoded_frame& frame) {
-  auto [ec, n] = co_await asio::async_write(socket, asio::buffer(frame), use_tuple);
+  auto [ec, n] = co_await stream.write(asio::buffer(frame));
   co_return ec;
 }
 
-asio::awaitable<void> refuse(asio::ip::tcp::socket& socket, error_code code, std::string message) {
+asio::awaitable<void> refuse(net::transport& stream, error_code code, std::string message) {
   auto frame = encode(error_message{code, std::move(message)});
-  asio::steady_timer timer(socket.get_executor(), std::chrono::seconds(2));
-  co_await (write_frame(socket, frame) || timer.async_wait(use_tuple));
-  boost::system::error_code ignored;
-  socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-  socket.close(ignored);
+  asio::steady_timer timer(stream.get_executor(), std::chrono::seconds(2));
+  co_await (write_frame(stream, frame) || timer.async_wait(use_tuple));
+  stream.shutdown_send();
+  // Read and drop what the peer still sends until its FIN (briefly): closing with unread input
+  // would send a RST, which can destroy the ERROR before the peer reads it.
+  timer.expires_after(std::chrono::seconds(1));
+  auto drain = [&stream]() -> asio::awaitable<void> {
+    std::array<std::uint8_t, 4096> sink;
+    for (int i = 0; i < 64; ++i) {
+      auto [ec, n] = co_await stream.read_some(asio::buffer(sink));
+      if (ec) co_return;
+    }
+  };
+  co_await (drain() || timer.async_wait(use_tuple));
+  stream.close();
 }
 
 }  // namespace culvert::shared::protocol

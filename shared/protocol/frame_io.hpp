@@ -12,10 +12,13 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "shared/net/transport.hpp"
 #include "shared/protocol/frame.hpp"
 #include "shared/protocol/messages.hpp"
 
 namespace culvert::shared::protocol {
+
+namespace net = shared::net;
 
 struct frame {
   frame_header header;
@@ -29,13 +32,13 @@ struct read_failure {
 
 using read_result = std::variant<frame, read_failure>;
 
-boost::asio::awaitable<read_result> read_frame(boost::asio::ip::tcp::socket&);
+boost::asio::awaitable<read_result> read_frame(net::transport&);
 // As read_frame, but gives up (and cancels the read) after `limit`.
-boost::asio::awaitable<read_result> read_frame(boost::asio::ip::tcp::socket&,
+boost::asio::awaitable<read_result> read_frame(net::transport&,
                                                std::chrono::steady_clock::duration limit);
-boost::asio::awaitable<boost::system::error_code> write_frame(boost::asio::ip::tcp::socket&,
+boost::asio::awaitable<boost::system::error_code> write_frame(net::transport&,
                                                               const encoded_frame&);
 // Sends an ERROR frame (best effort, bounded in time) and closes the socket.
-boost::asio::awaitable<void> refuse(boost::asio::ip::tcp::socket&, error_code, std::string message);
+boost::asio::awaitable<void> refuse(net::transport&, error_code, std::string message);
 
 }  // namespace culvert::shared::protocol

@@ -70,6 +70,14 @@ struct data_init_message {
   secret_bytes secret{};
 };
 
+// First frame of a data connection to a TLS server, sent in clear: it names the tunnel so the
+// supervisor can hand the connection to that tunnel's worker, which then runs the TLS handshake
+// keyed by the tunnel's secret (the secret itself never crosses the wire).
+struct data_route_message {
+  std::uint16_t version = protocol_version;
+  std::uint64_t tunnel_id = 0;
+};
+
 // A frame ready to write: header and payload in one buffer.
 using encoded_frame = std::vector<std::uint8_t>;
 
@@ -77,11 +85,13 @@ encoded_frame encode(const init_message&);
 encoded_frame encode(const domain_message&);
 encoded_frame encode(const error_message&);
 encoded_frame encode(const data_init_message&);
+encoded_frame encode(const data_route_message&);
 encoded_frame encode_empty(frame_type);  // ACK, DATA_READY, REOPEN
 
 std::optional<init_message> decode_init(std::span<const std::uint8_t>);
 std::optional<domain_message> decode_domain(std::span<const std::uint8_t>);
 std::optional<error_message> decode_error_message(std::span<const std::uint8_t>);
 std::optional<data_init_message> decode_data_init(std::span<const std::uint8_t>);
+std::optional<data_route_message> decode_data_route(std::span<const std::uint8_t>);
 
 }  // namespace culvert::shared::protocol

@@ -1,7 +1,8 @@
-// Kernel randomness and constant-time comparison.
+// Secret randomness (OpenSSL DRBG) and constant-time comparison.
 #include "shared/util/random.hpp"
 
-#include <sys/random.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -11,15 +12,11 @@
 namespace culvert::shared::util {
 
 void fill_random(std::span<std::uint8_t> out) {
-  std::size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n = ::getrandom(out.data() + done, out.size() - done, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      std::fprintf(stderr, "getrandom failed: %s\n", std::strerror(errno));
-      std::abort();  // never hand out a predictable secret
-    }
-    done += std::size_t(n);
+  // OpenSSL's private DRBG, seeded from the kernel (getrandom), kept apart from public nonces.
+  if (RAND_priv_bytes(out.data(), static_cast<int>(out.size())) != 1) {
+    std::fprintf(stderr, "RAND_priv_bytes failed: %s\n",
+                 ERR_error_string(ERR_get_error(), nullptr));
+    std::abort();  // never hand out a predictable secret
   }
 }
 

@@ -45,7 +45,8 @@ TEST_CASE("frame headers round-trip for every type", "[frame]") {
       {frame_type::ack, 0, 0, 0},             {frame_type::error, 30, 0, 0},
       {frame_type::ping, 8, proto::flags::ack, 0}, {frame_type::ping, 8, 0, 0},
       {frame_type::data_init, 42, 0, 0},      {frame_type::data_ready, 0, 0, 0},
-      {frame_type::reopen, 0, 0, 0},          {frame_type::open, 20, 0, 7},
+      {frame_type::reopen, 0, 0, 0},          {frame_type::data_route, 10, 0, 0},
+      {frame_type::open, 20, 0, 7},
       {frame_type::data, 65536, proto::flags::fin, 0xFFFFFFFF},
       {frame_type::data, 0, proto::flags::fin, 1}, {frame_type::window, 4, 0, 3},
       {frame_type::reset, 4, 0, 9},
@@ -66,7 +67,7 @@ TEST_CASE("frame headers round-trip for every type", "[frame]") {
 
 TEST_CASE("malformed frame headers are rejected", "[frame]") {
   SECTION("unknown types") {
-    for (int type : {0x00, 0x09, 0x0F, 0x14, 0x7E, 0xFF})
+    for (int type : {0x00, 0x0A, 0x0F, 0x14, 0x7E, 0xFF})
       CHECK(error_of(0, std::uint8_t(type), 0, 0) == decode_error::unknown_type);
   }
   SECTION("oversized lengths, per type") {

@@ -166,3 +166,16 @@ TEST_CASE("empty frames carry only a header", "[messages]") {
     CHECK(payload_of(frame, type).empty());
   }
 }
+
+TEST_CASE("DATA_ROUTE round-trips and rejects malformed payloads", "[messages]") {
+  proto::data_route_message m;
+  m.tunnel_id = 0x0123456789ABCDEFULL;
+  auto frame = proto::encode(m);
+  CHECK(frame.size() == proto::header_size + 10);
+  auto payload = payload_of(frame, proto::frame_type::data_route);
+  auto back = proto::decode_data_route(payload);
+  REQUIRE(back);
+  CHECK(back->version == proto::protocol_version);
+  CHECK(back->tunnel_id == m.tunnel_id);
+  check_truncations_rejected(payload, proto::decode_data_route);
+}

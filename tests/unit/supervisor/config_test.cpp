@@ -71,6 +71,11 @@ TEST_CASE("defaults are the documented ones and valid", "[config]") {
   CHECK(cfg.port_max == 20999);
   CHECK(cfg.tokens.empty());
   CHECK(cfg.max_tunnels == 1024);
+  CHECK(cfg.tokens_file.empty());
+  CHECK(cfg.max_tunnels_per_token == 16);
+  CHECK(cfg.max_tunnels_per_address == 64);
+  CHECK(cfg.max_handshakes_per_address == 16);
+  CHECK(cfg.auth_failure_delay == 1000ms);
   CHECK(cfg.grace_period == 30s);
   CHECK(cfg.heartbeat_interval == 5s);
   CHECK(cfg.heartbeat_timeout == 30s);
@@ -105,6 +110,10 @@ heartbeat_interval = 2
 heartbeat_timeout = 7
 handshake_timeout = 3
 max_pending_handshakes = 10
+max_tunnels_per_token = 3
+max_tunnels_per_address = 4
+max_handshakes_per_address = 5
+auth_failure_delay_ms = 250
 data_connections = 16
 instance = "staging_2"
 worker = "/opt/culvert/culvert-worker"
@@ -124,6 +133,10 @@ log_level = "debug"
   CHECK(cfg.heartbeat_timeout == 7s);
   CHECK(cfg.handshake_timeout == 3s);
   CHECK(cfg.max_pending_handshakes == 10);
+  CHECK(cfg.max_tunnels_per_token == 3);
+  CHECK(cfg.max_tunnels_per_address == 4);
+  CHECK(cfg.max_handshakes_per_address == 5);
+  CHECK(cfg.auth_failure_delay == 250ms);
   CHECK(cfg.data_connections == 16);
   CHECK(cfg.instance == "staging_2");
   CHECK(cfg.worker_path == "/opt/culvert/culvert-worker");
@@ -228,6 +241,14 @@ TEST_CASE("every flag sets its field", "[config]") {
                              "8",
                              "--max-pending-handshakes",
                              "9",
+                             "--max-tunnels-per-token",
+                             "2",
+                             "--max-tunnels-per-address",
+                             "3",
+                             "--max-handshakes-per-address",
+                             "4",
+                             "--auth-failure-delay-ms",
+                             "0",
                              "--data-connections",
                              "1",
                              "--instance",
@@ -252,6 +273,10 @@ TEST_CASE("every flag sets its field", "[config]") {
   CHECK(cfg.heartbeat_timeout == 13s);
   CHECK(cfg.handshake_timeout == 8s);
   CHECK(cfg.max_pending_handshakes == 9);
+  CHECK(cfg.max_tunnels_per_token == 2);
+  CHECK(cfg.max_tunnels_per_address == 3);
+  CHECK(cfg.max_handshakes_per_address == 4);
+  CHECK(cfg.auth_failure_delay == 0ms);
   CHECK(cfg.data_connections == 1);
   CHECK(cfg.instance == "i-1");
   CHECK(cfg.worker_path == "/bin/w");
@@ -318,6 +343,22 @@ TEST_CASE("validate rejects each bad value with the setting's name", "[config]")
       {[](config& c) { c.handshake_timeout = 0s; }, "handshake_timeout (--handshake-timeout)"},
       {[](config& c) { c.max_pending_handshakes = 0; },
        "max_pending_handshakes (--max-pending-handshakes)"},
+      {[](config& c) { c.max_tunnels_per_token = 0; },
+       "max_tunnels_per_token (--max-tunnels-per-token) must be between 1 and 65536, got 0"},
+      {[](config& c) { c.max_tunnels_per_address = 0; },
+       "max_tunnels_per_address (--max-tunnels-per-address) must be between 1"},
+      {[](config& c) { c.max_tunnels_per_address = 65537; }, "max_tunnels_per_address"},
+      {[](config& c) { c.max_handshakes_per_address = 0; },
+       "max_handshakes_per_address (--max-handshakes-per-address) must be between 1"},
+      {[](config& c) { c.auth_failure_delay = -1ms; },
+       "auth_failure_delay_ms (--auth-failure-delay-ms) must be between 0 and 60000, got -1"},
+      {[](config& c) { c.auth_failure_delay = 60001ms; }, "auth_failure_delay_ms"},
+      {[](config& c) {
+         c.tokens = {"t"};
+         c.tokens_file = "/etc/culvert/tokens.toml";
+       },
+       "tokens (--token) and tokens_file (--tokens-file) cannot be used together"},
+      {[](config& c) { c.tokens_file = std::string("a\0b", 3); }, "tokens_file (--tokens-file)"},
       {[](config& c) { c.data_connections = 0; },
        "data_connections (--data-connections) must be between 1 and 16, got 0"},
       {[](config& c) { c.data_connections = 17; }, "data_connections (--data-connections)"},
@@ -349,6 +390,10 @@ TEST_CASE("validate accepts the edges of each range", "[config]") {
   cfg.heartbeat_timeout = 2s;
   cfg.handshake_timeout = 1s;
   cfg.max_pending_handshakes = 1;
+  cfg.max_tunnels_per_token = 65536;
+  cfg.max_tunnels_per_address = 1;
+  cfg.max_handshakes_per_address = 65536;
+  cfg.auth_failure_delay = 0ms;
   cfg.data_connections = 16;
   cfg.instance = std::string(32, 'Z');
   cfg.log_level = "error";
@@ -372,6 +417,11 @@ TEST_CASE("flag --help exits 0 and mentions every flag and its default", "[confi
                            "--heartbeat-timeout",
                            "--handshake-timeout",
                            "--max-pending-handshakes",
+                           "--tokens-file",
+                           "--max-tunnels-per-token",
+                           "--max-tunnels-per-address",
+                           "--max-handshakes-per-address",
+                           "--auth-failure-delay-ms",
                            "--data-connections",
                            "--instance",
                            "--worker",
@@ -472,4 +522,92 @@ TEST_CASE("a bad config file fails parse_arguments with its location", "[config]
   CHECK(result.exit_code == 2);
   CHECK_THAT(result.output,
              Catch::Contains(file.path.string() + ": line 3: unknown key 'server.listen'"));
+}
+
+TEST_CASE("user: default nobody, set by --user and the user key, checked and printed", "[config]") {
+  CHECK(config{}.user == "nobody");
+  CHECK_THAT(parse({"--help"}).output, Catch::Contains("--user"));
+  CHECK_THAT(parse({"--help"}).output, Catch::Contains("(default: nobody)"));
+
+  const auto by_flag = parse({"--user", "culvert-run_1.x"});
+  INFO(by_flag.output);
+  REQUIRE(by_flag.cfg);
+  CHECK(by_flag.cfg->user == "culvert-run_1.x");
+
+  const config from_file = load_toml("[server]\nuser = \"tunnels\"\n", "user.toml");
+  CHECK(from_file.user == "tunnels");
+  const temp_file file("[server]\nuser = \"from-file\"\n");
+  const auto overridden = parse({"--config", file.path.string(), "--user", "from-flag"});
+  REQUIRE(overridden.cfg);
+  CHECK(overridden.cfg->user == "from-flag");
+
+  const auto printed = parse({"--user", "svc", "--print-config"});
+  REQUIRE(printed.exit_code == 0);
+  CHECK_THAT(printed.output, Catch::Contains("user = \"svc\""));
+  CHECK(load_toml(printed.output, "printed.toml").user == "svc");
+
+  for (const std::string& bad :
+       std::vector<std::string>{"", "-rf", "a b", "root:x", "a/b", std::string(33, 'u')}) {
+    INFO("user '" << bad << "'");
+    CHECK_THAT(validate_error([&](config& c) { c.user = bad; }),
+               Catch::Contains("user (--user) must be a user name"));
+  }
+  CHECK_NOTHROW(validate([] {
+    config c;
+    c.user = std::string(32, 'u');
+    return c;
+  }()));
+  CHECK_THAT(load_error("[server]\nuser = 7\n"), Catch::Contains("user must be a string"));
+  const auto bad_flag = parse({"--user", "a b"});
+  CHECK(bad_flag.exit_code == 2);
+  CHECK_THAT(bad_flag.output, Catch::Contains("--user must be a user name"));
+}
+
+TEST_CASE("tokens_file and the per-token and per-address limits", "[config][tokens]") {
+  const auto by_flag = parse({"--tokens-file", "/etc/culvert/tokens.toml"});
+  INFO(by_flag.output);
+  REQUIRE(by_flag.cfg);
+  CHECK(by_flag.cfg->tokens_file == "/etc/culvert/tokens.toml");
+  CHECK(load_toml("[server]\ntokens_file = \"t.toml\"\n", "f.toml").tokens_file == "t.toml");
+  CHECK_THAT(load_error("[server]\ntokens_file = 1\n"), Catch::Contains("tokens_file must be a string"));
+  CHECK(load_error("[server]\nauth_failure_delay_ms = 60001\n") ==
+        "test.toml: line 2: auth_failure_delay_ms must be between 0 and 60000, got 60001");
+
+  // One source of tokens: --token next to --tokens-file, from the file or the flags, is refused.
+  const auto both = parse({"--token", "t", "--tokens-file", "/etc/culvert/tokens.toml"});
+  CHECK_FALSE(both.cfg);
+  CHECK(both.exit_code == 2);
+  CHECK_THAT(both.output, Catch::Contains("cannot be used together"));
+  const temp_file file("[server]\ntokens_file = \"/etc/culvert/tokens.toml\"\n");
+  CHECK(parse({"--config", file.path.string(), "--token", "t"}).exit_code == 2);
+
+  const auto printed = parse({"--tokens-file", "/x/tokens.toml", "--max-tunnels-per-token", "7",
+                              "--max-tunnels-per-address", "8", "--max-handshakes-per-address",
+                              "9", "--auth-failure-delay-ms", "1500", "--print-config"});
+  REQUIRE(printed.exit_code == 0);
+  CHECK_THAT(printed.output, Catch::Contains("tokens_file = \"/x/tokens.toml\"") &&
+                                 Catch::Contains("auth_failure_delay_ms = 1500"));
+  const config reloaded = load_toml(printed.output, "printed.toml");
+  CHECK(reloaded.tokens_file == "/x/tokens.toml");
+  CHECK(reloaded.max_tunnels_per_token == 7);
+  CHECK(reloaded.max_tunnels_per_address == 8);
+  CHECK(reloaded.max_handshakes_per_address == 9);
+  CHECK(reloaded.auth_failure_delay == 1500ms);
+
+  const auto help = parse({"--help"}).output;
+  CHECK_THAT(help, Catch::Contains("--tokens-file FILE") && Catch::Contains("(default: 16)") &&
+                       Catch::Contains("(default: 64)") && Catch::Contains("(default: 1000)"));
+}
+
+// Found by tests/fuzz/fuzz_args: a flag may carry any bytes, a TOML file only UTF-8, so such a
+// value made --print-config print a file that --config then refused.
+TEST_CASE("flags holding bytes a TOML file cannot hold are refused", "[config]") {
+  auto result = parse({"--worker", "/opt/\x90/culvert-worker"});
+  CHECK(result.exit_code == 2);
+  CHECK_THAT(result.output, Catch::Contains("--worker must be valid UTF-8"));
+  CHECK(parse({"--tls-cert", "/etc/\xc0\xaf", "--tls-key", "/etc/k.pem"}).exit_code == 2);
+  CHECK(parse({"--token", "abc\xff"}).exit_code == 2);
+  result = parse({"--worker", "/opt/culvert/w\xc3\xb6rker", "--token", "t\xe2\x82\xac"});
+  REQUIRE(result.cfg);
+  CHECK(load_toml(to_toml(*result.cfg), "printed.toml") == *result.cfg);
 }

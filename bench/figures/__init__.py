@@ -1,0 +1,1 @@
+"""One module per figure; each has run(cfg) -> {'title', 'rows', 'targets', 'notes'}."""

@@ -1,0 +1,52 @@
+"""Figure 3, added latency: 1-byte ping-pong over one connection at a fixed rate to an echo
+origin; p50/p99 of each contender minus direct's, paired run by run."""
+
+from figures.common import row, start_contenders, stop_contenders, target
+from figures.probe_run import probe
+from lib import log
+from origins import start_echo
+
+NAMES = ["direct", "socat x2", "culvert"]
+
+
+def run(cfg):
+    echo, port = start_echo()
+    contenders = start_contenders(NAMES, port)
+    raw = {c.name: {"p50": [], "p99": []} for c in contenders}
+    try:
+        for r in range(cfg.runs):
+            for c in contenders:
+                try:
+                    res = probe("pingpong", "127.0.0.1", c.public_port, cfg.ping_n, cfg.ping_rate)
+                    raw[c.name]["p50"].append(res["p50_us"])
+                    raw[c.name]["p99"].append(res["p99_us"])
+                except Exception as e:  # noqa: BLE001
+                    log(f"latency {c.name}: {e}")
+                    raw[c.name]["p50"].append(None)
+                    raw[c.name]["p99"].append(None)
+            log(f"latency run {r + 1}: " + ", ".join(
+                f"{n} p50 {v['p50'][-1]} us" for n, v in raw.items()))
+    finally:
+        stop_contenders(contenders)
+        echo.stop()
+
+    def added(name, p):
+        return [None if a is None or d is None else a - d
+                for a, d in zip(raw[name][p], raw["direct"][p])]
+    rows = [row("round trip p50", "us", {n: v["p50"] for n, v in raw.items()}, "lower"),
+            row("round trip p99", "us", {n: v["p99"] for n, v in raw.items()}, "lower"),
+            row("added p50 (minus direct)", "us",
+                {n: added(n, "p50") for n in raw if n != "direct"}, "lower"),
+            row("added p99 (minus direct)", "us",
+                {n: added(n, "p99") for n in raw if n != "direct"}, "lower")]
+    a50 = rows[2]["values"]["culvert"]["median"]
+    a99 = rows[3]["values"]["culvert"]["median"]
+    targets = [target("added latency p50 <= 50 us", a50, None if a50 is None else a50 <= 50,
+                      "n/a" if a50 is None else f"{a50:.1f} us"),
+               target("added latency p99 <= 250 us", a99, None if a99 is None else a99 <= 250,
+                      "n/a" if a99 is None else f"{a99:.1f} us")]
+    return {"title": "3. Added latency (1-byte ping-pong, one connection)", "rows": rows,
+            "targets": targets,
+            "notes": [f"{cfg.ping_n} round trips at {cfg.ping_rate:g}/s per run (after 50 "
+                      "unrecorded), Python client and Python echo origin for every contender; "
+                      "added = contender minus direct in the same round."]}

@@ -1,0 +1,78 @@
+// The one seam between culvert's protocol code and the network: a connected TCP socket, either in
+// clear or wrapped in TLS 1.3 (OpenSSL through Boost.Asio). Control links, handshakes and the
+// multiplexer read and write through it and never learn which it is. Used by every process.
+// Invariant: a TLS transport never reveals its raw socket for reading or writing (only for
+// socket options, addresses and closing), so no byte can bypass the record layer.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <span>
+#include <tuple>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
+
+namespace culvert::shared::net {
+
+class transport {
+ public:
+  using tls_stream = boost::asio::ssl::stream<boost::asio::ip::tcp::socket>;
+
+  transport() = delete;
+  explicit transport(boost::asio::ip::tcp::socket plain);
+  // Wraps the socket in TLS; call handshake() before reading or writing.
+  transport(boost::asio::ip::tcp::socket, boost::asio::ssl::context&);
+  transport(transport&&) noexcept;
+  transport& operator=(transport&&) noexcept;
+  ~transport();
+
+  bool is_tls() const { return tls_ != nullptr; }
+  // The TLS handshake (no-op in clear). Returns the error, with OpenSSL's reason where it has one.
+  boost::asio::awaitable<boost::system::error_code> handshake(
+      boost::asio::ssl::stream_base::handshake_type);
+  // The same, given up after `limit` (boost::asio::error::timed_out).
+  boost::asio::awaitable<boost::system::error_code> handshake(
+      boost::asio::ssl::stream_base::handshake_type, std::chrono::steady_clock::duration limit);
+  SSL* native_tls() { return tls_ ? tls_->native_handle() : nullptr; }
+  // After a failed client handshake: why the peer's certificate was refused ("" if it was not).
+  std::string certificate_problem() const;
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> read_some(
+      boost::asio::mutable_buffer);
+  // Reads exactly the buffer's size (or fails).
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> read_exactly(
+      boost::asio::mutable_buffer);
+  // Writes every buffer, in order. In clear one writev; in TLS the pieces are first gathered
+  // into full records, so small frame headers never become records of their own.
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write(
+      std::span<const boost::asio::const_buffer>);
+  // (A coroutine too, so that `one` lives in its frame while the write runs.)
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write(
+      boost::asio::const_buffer one);
+  // Best-effort, never-blocking write of a last message (an ERROR before closing). In TLS it is
+  // skipped when it cannot go out at once.
+  void try_send_now(std::span<const std::uint8_t>);
+  // Ends our sending direction: TCP FIN in clear; in TLS, the socket's FIN too (close_notify is
+  // not awaited, so a peer that never reads cannot hold us).
+  void shutdown_send();
+  void close();
+
+  boost::asio::ip::tcp::socket& socket();  // options, addresses, native handle; never for I/O
+  boost::asio::any_io_executor get_executor();
+  // TLS: the verified peer's certificate subject, the protocol version and cipher, for logs.
+  std::string describe_tls() const;
+
+ private:
+  boost::asio::ip::tcp::socket plain_;
+  std::unique_ptr<tls_stream> tls_;
+  std::unique_ptr<std::uint8_t[]> staging_;  // TLS write gathering
+};
+
+// A readable explanation of a TLS failure ("certificate verify failed: self-signed certificate").
+std::string describe_tls_error(const boost::system::error_code&);
+
+}  // namespace culvert::shared::net
