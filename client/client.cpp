@@ -201,7 +201,9 @@ asio::awaitable<bool> client::control_session(bool first) {
   if (f->header.type == proto::frame_type::error) {
     auto refusal = proto::decode_error_message(f->payload);
     const auto text = refusal ? refusal->message : std::string("malformed ERROR frame");
-    if (!first && refusal && transient(refusal->code)) {
+    // A busy server is worth waiting for even at the start; other refusals are final then.
+    if (refusal && (refusal->code == proto::error_code::overloaded ||
+                    (!first && transient(refusal->code)))) {
       spdlog::warn("server: {}", text);
       co_return true;
     }

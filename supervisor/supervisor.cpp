@@ -79,7 +79,16 @@ supervisor::supervisor(asio::io_context& io, config cfg)
       worker_path_(config_.worker_path.empty() ? default_worker_path() : config_.worker_path),
       child_signals_(io, SIGCHLD),
       stop_signals_(io, SIGTERM, SIGINT) {
-  // Read the key now, while the files are still readable (before any privilege drop).
+  // Read the key and tokens now, while the files are still readable (before any privilege drop).
+  if (!config_.tokens_file.empty()) {
+    std::vector<std::string> warnings;
+    tokens_ = token_registry::load_file(config_.tokens_file, config_.max_tunnels_per_token,
+                                        &warnings);
+    for (const auto& w : warnings) spdlog::warn("{}", w);
+  } else if (!config_.tokens.empty()) {
+    tokens_ = token_registry::from_tokens(config_.tokens, config_.max_tunnels_per_token);
+  }
+  throttle_ = auth_throttle(auth_throttle_settings{.base_delay = config_.auth_failure_delay});
   if (!config_.tls_cert.empty())
     tls_ = shared::tls::make_server_context(config_.tls_cert, config_.tls_key);
   const auto where = shared::net::parse_host_port(config_.control_address);
@@ -147,7 +156,10 @@ void supervisor::start() {
   spdlog::info("tunnels: *.{} on {} ports {}-{}, at most {}; shared table {}", config_.base_domain,
                config_.public_bind, config_.port_min, config_.port_max, config_.max_tunnels,
                table_->name());
-  if (config_.tokens.empty()) spdlog::warn("no tokens configured: any client may open tunnels");
+  if (tokens_.open())
+    spdlog::warn("no tokens configured: any client may open tunnels");
+  else
+    spdlog::info("{} token(s) accepted", tokens_.size());
 
   spawn(io_, reap_loop(), "child reaper");
   spawn(io_, accept_loop(), "control accept loop");
@@ -191,6 +203,15 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
   const auto peer = socket.remote_endpoint(ec);
   if (ec) co_return;
   const auto peer_text = shared::net::to_string(peer);
+  auto per_address = handshakes_per_address_.try_acquire(source_key(peer.address()),
+                                                         config_.max_handshakes_per_address);
+  if (!per_address) {
+    shared::net::transport clear(std::move(socket));
+    clear.try_send_now(proto::encode(proto::error_message{
+        proto::error_code::overloaded, "too many handshakes from your address; retry later"}));
+    clear.close();
+    co_return;
+  }
   shared::net::set_nodelay(socket);
   const auto deadline = std::chrono::steady_clock::now() + config_.handshake_timeout;
   const auto timeout_text = "no INIT, DATA_INIT or DATA_ROUTE within " +
@@ -288,13 +309,29 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
   }
 }
 
-std::optional<std::string> supervisor::check_token(const std::string& token) const {
-  if (config_.tokens.empty()) return std::nullopt;
-  bool match = false;
-  for (const auto& accepted : config_.tokens)  // no early exit: same time whichever matches
-    match |= shared::util::equal_constant_time(token, accepted);
-  if (match) return std::nullopt;
-  return token.empty() ? "this server needs a token (--token)" : "the token is not valid";
+asio::awaitable<const token_policy*> supervisor::authenticate(shared::net::transport& stream,
+                                                              const std::string& token,
+                                                              const std::string& source,
+                                                              const std::string& peer_text) {
+  if (const token_policy* who = tokens_.authenticate(token)) {
+    if (!tokens_.open()) throttle_.record_success(source);
+    co_return who;
+  }
+  // Every bad token waits the same, whatever was wrong with it; repeated ones from one source
+  // wait longer. The connection keeps its pending-handshake places meanwhile.
+  const auto now = std::chrono::steady_clock::now();
+  const auto delay = throttle_.delay_before_refusal(source, now);
+  throttle_.record_failure(source, now);
+  spdlog::info("{}: refused: bad token (after {} ms)", peer_text, delay.count());
+  asio::steady_timer wait(io_, delay);
+  co_await wait.async_wait(use_tuple);
+  co_await proto::refuse(stream, proto::error_code::bad_token,
+                         std::string(token_registry::refusal));
+  co_return nullptr;
+}
+
+std::string supervisor::label_of(const std::string& domain) const {
+  return domain.substr(0, domain.size() - std::min(domain.size(), config_.base_domain.size() + 1));
 }
 
 supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
@@ -310,11 +347,9 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     co_await proto::refuse(stream, proto::error_code::shutting_down, "the server is shutting down");
     co_return;
   }
-  if (auto problem = check_token(init.token)) {
-    spdlog::info("{}: refused: {}", peer_text, *problem);
-    co_await proto::refuse(stream, proto::error_code::bad_token, *problem);
-    co_return;
-  }
+  const auto source = source_key(stream.socket().remote_endpoint(ec).address());
+  const token_policy* who = co_await authenticate(stream, init.token, source, peer_text);
+  if (!who) co_return;
 
   // A client that reconnects with its tunnel's id and secret gets the same tunnel back. A wrong
   // secret is indistinguishable from an unknown id: the request is then served as a new tunnel.
@@ -335,7 +370,44 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
           "this server is at its limit of " + std::to_string(config_.max_tunnels) + " tunnels");
       co_return;
     }
+    std::vector<usage_counter::lease> leases;
+    if (!tokens_.open()) {
+      auto lease = tunnels_per_token_.try_acquire(who->name, who->max_tunnels);
+      if (!lease) {
+        spdlog::info("{}: refused: token {} is at its limit of {} tunnels", peer_text, who->name,
+                     who->max_tunnels);
+        co_await proto::refuse(stream, proto::error_code::no_capacity,
+                               "this token is at its limit of " +
+                                   std::to_string(who->max_tunnels) + " tunnels");
+        co_return;
+      }
+      leases.push_back(std::move(*lease));
+    }
+    auto address_lease = tunnels_per_address_.try_acquire(source, config_.max_tunnels_per_address);
+    if (!address_lease) {
+      spdlog::info("{}: refused: {} has {} tunnels (the limit per address)", peer_text, source,
+                   config_.max_tunnels_per_address);
+      co_await proto::refuse(stream, proto::error_code::no_capacity,
+                             "your address is at its limit of " +
+                                 std::to_string(config_.max_tunnels_per_address) + " tunnels");
+      co_return;
+    }
+    leases.push_back(std::move(*address_lease));
+    if (auto why = tokens_.check_requested_name(who, init.subdomain)) {
+      spdlog::info("{}: refused: {}", peer_text, *why);
+      co_await proto::refuse(stream, proto::error_code::name_invalid, *why);
+      co_return;
+    }
     auto name = domains_.take(init.subdomain);
+    // A generated name may happen to be one a token reserved: draw again.
+    for (int draw = 0; init.subdomain.empty() && name.status == domain_pool::result::ok &&
+                       draw < 8 &&
+                       tokens_.reserved_by_other(who, label_of(name.domain));
+         ++draw) {
+      auto next = domains_.take(init.subdomain);
+      domains_.give_back(name.domain);
+      name = std::move(next);
+    }
     if (name.status != domain_pool::result::ok) {
       const auto code =
           name.status == domain_pool::result::name_taken     ? proto::error_code::name_taken
@@ -363,6 +435,7 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     t->slot = free_slots_.back();
     free_slots_.pop_back();
     t->created_unix_ms = unix_ms_now();
+    t->leases = std::move(leases);
     tunnels_[t->id] = t;  // registered now, so nothing can take its slot, name or port
     publish(*t);
   }
@@ -700,6 +773,7 @@ void supervisor::finish_tunnel(const tunnel_ptr& t) {
   domains_.give_back(t->domain);
   table_->clear(t->slot);
   free_slots_.push_back(t->slot);
+  t->leases.clear();  // the token's and the address's share come back now
   tunnels_.erase(t->id);
   spdlog::info("{}: released (port {}, slot {})", t->domain, t->port, t->slot);
   if (stopping_ && tunnels_.empty()) io_.stop();

@@ -29,7 +29,10 @@
 #include "supervisor/domain_pool.hpp"
 #include "shared/net/transport.hpp"
 #include "supervisor/privileges.hpp"
+#include "supervisor/auth_throttle.hpp"
 #include "supervisor/public_ports.hpp"
+#include "supervisor/token_registry.hpp"
+#include "supervisor/usage_counter.hpp"
 
 namespace culvert::supervisor {
 
@@ -66,6 +69,7 @@ struct tunnel {
   std::chrono::steady_clock::time_point worker_started;
   std::uint16_t data_connections = 0;
   bool reopen_pending = false;  // tell the client to re-open data connections once the worker is up
+  std::vector<usage_counter::lease> leases;  // its share of the per-token and per-address limits
 };
 
 class supervisor {
@@ -96,8 +100,13 @@ class supervisor {
   boost::asio::awaitable<void> reap_loop();
   boost::asio::awaitable<void> shutdown();
 
-  std::optional<std::string> check_token(const std::string& token) const;
+  // The token's policy, or nullptr after the (throttled) refusal has been sent.
+  boost::asio::awaitable<const token_policy*> authenticate(shared::net::transport&,
+                                                           const std::string& token,
+                                                           const std::string& source,
+                                                           const std::string& peer_text);
   tunnel_ptr find_by_id(std::uint64_t id) const;
+  std::string label_of(const std::string& domain) const;  // "brave-otter-42" of its domain
   void attach_control(const tunnel_ptr&, shared::net::transport);
   void start_worker(const tunnel_ptr&);
   void on_worker_exit(pid_t, int status);
@@ -115,6 +124,9 @@ class supervisor {
   domain_pool domains_;
   public_ports ports_;
   std::string worker_path_;
+  token_registry tokens_;
+  auth_throttle throttle_;
+  usage_counter tunnels_per_token_, tunnels_per_address_, handshakes_per_address_;
   std::optional<account> worker_account_;  // set when started as root: workers run as it
   std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
   std::map<std::uint64_t, tunnel_ptr> tunnels_;  // by tunnel id

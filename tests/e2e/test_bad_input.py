@@ -4,6 +4,7 @@ other than INIT first. Each gets an ERROR frame and a closed connection within a
 while the supervisor and an existing tunnel carry on (checked byte for byte)."""
 
 import os
+import resource
 import socket
 import struct
 import time
@@ -58,7 +59,11 @@ def main():
         echo_check(client.port)
 
         protocol_error, handshake_timeout, unknown_tunnel = 1, 7, 11
-        expect_error(port, os.urandom(4096), protocol_error, what="random bytes")
+        # (0x16 would start a TLS record, which a clear-text server closes without a word.)
+        garbage = os.urandom(4096)
+        if garbage[0] == 0x16:
+            garbage = b"\x17" + garbage[1:]
+        expect_error(port, garbage, protocol_error, what="random bytes")
         expect_error(port, header(0xFFFFFFF0, 1), protocol_error, what="oversized length")
         expect_error(port, header(4, 0x7E) + b"abcd", protocol_error, what="unknown type")
         expect_error(port, header(8, 5) + b"12345678", protocol_error, what="PING before INIT")
@@ -82,6 +87,53 @@ def main():
         other = env.client(sup, "tcp", f"127.0.0.1:{echo.port}")
         echo_check(other.port)
         echo_check(client.port)
+
+        # A flood of 1,000 connections that never finish a handshake: beyond the pending limit
+        # they are refused at once; the rest time out. Tunnels keep carrying data meanwhile.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+        flood = []
+        for _ in range(1000):
+            try:
+                flood.append(connect(port, timeout=5))
+            except OSError:
+                break  # the listen backlog is full: that, too, is the flood being held off
+        echo_check(client.port)
+        overloaded = 0
+        for s in flood[-100:]:  # the latest arrivals were over the pending-handshake limit
+            s.settimeout(HANDSHAKE_TIMEOUT + 3)
+            try:
+                reply = recv_all(s)
+            except OSError:
+                reply = b""
+            if len(reply) >= 12 and reply[4] == ERROR and struct.unpack(">H", reply[10:12])[0] == 12:
+                overloaded += 1
+        for s in flood:
+            s.close()
+        print(f"flood: {len(flood)} connections, {overloaded} of the last 100 refused as overloaded")
+        assert overloaded > 0, "no connection was refused as overloaded"
+        assert sup.process.alive(), "supervisor died under the flood"
+        echo_check(client.port)
+        echo_check(other.port)
+
+        # Another client tries to take over a live tunnel by its id with a wrong secret: it gets
+        # a tunnel of its own, the victim keeps its domain, port and traffic.
+        victim = sup.tunnel(client)
+        thief = socket.create_connection(("127.0.0.1", port), timeout=5)
+        token, subdomain = b"", b""
+        init = (struct.pack(">HB", 1, 2) + bytes([len(token)]) + token + bytes([len(subdomain)])
+                + subdomain + b"\x01" + struct.pack(">Q", victim["tunnel_id"]) + os.urandom(32))
+        thief.sendall(header(len(init), 1) + init)
+        reply = thief.recv(4096)
+        length, kind = struct.unpack(">IB", reply[:5])
+        assert kind == 2, f"expected DOMAIN, got type {kind}"
+        offered_port = struct.unpack(">H", reply[10 + 8 + 32:10 + 8 + 32 + 2])[0]
+        assert offered_port != client.port, "the thief got the victim's port"
+        thief.close()
+        after = sup.tunnel(client)
+        assert after["domain"] == victim["domain"] and after["state"] == "active", after
+        echo_check(client.port)
+        print("reclaim with a wrong secret: served as a new tunnel; the victim is untouched")
 
 
 run_test(main)

@@ -219,7 +219,7 @@ TEST_CASE("an empty registry is open and accepts any client as anonymous", "[tok
   CHECK(token_registry::from_tokens({}, 4).open());
 }
 
-TEST_CASE("--token flags become token-1, token-2, ...", "[tokens]") {
+TEST_CASE("flag --token entries become token-1, token-2, ...", "[tokens]") {
   const auto registry = token_registry::from_tokens({"one", "two", "one"}, 4);
   CHECK(registry.size() == 2);  // the repeated one counts once
   const token_policy* one = registry.authenticate("one");

@@ -1,0 +1,84 @@
+"""Tokens from a tokens file: a missing and a wrong token get the same refusal after the same
+(growing) delay; each token keeps to its own tunnel limit, subdomain patterns and reserved names;
+a tokens file others may read is refused at start; good tunnels carry data throughout."""
+
+import hashlib
+import os
+import socket
+import time
+
+from harness import Environment, connect, echo_handler, recv_all, run_test
+
+DELAY_MS = 300
+ALICE = "alice-secret-0123456789"
+BOB = "bob-secret-abcdefghijklm"
+
+
+def echo(port, message=b"ping"):
+    s = connect(port)
+    s.sendall(message)
+    s.shutdown(socket.SHUT_WR)
+    assert recv_all(s) == message
+    s.close()
+
+
+def main():
+    with Environment() as env:
+        path = os.path.join(env.workdir, "tokens.toml")
+        with open(path, "w") as f:
+            f.write(f"""
+[[token]]
+name = "alice"
+token = "{ALICE}"
+max_tunnels = 2
+subdomains = ["alice-*"]
+reserved = ["alice"]
+
+[[token]]
+name = "bob"
+sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
+""")
+        os.chmod(path, 0o644)
+        loose = env.start("loose-supervisor", [os.path.join(os.environ["CULVERT_BIN"],
+                                                            "culvert-supervisor"),
+                                               "--control", "127.0.0.1:0", "--instance",
+                                               f"e2e-loose-{os.getpid()}", "--tokens-file", path])
+        assert loose.popen.wait(10) != 0 and "tokens.toml" in loose.stderr(), loose.stderr()
+        print("world-readable tokens file refused:", loose.stderr().strip().splitlines()[-1])
+        os.chmod(path, 0o600)
+
+        service = env.service(echo_handler)
+        local = f"127.0.0.1:{service.port}"
+        sup = env.supervisor("--tokens-file", path, "--auth-failure-delay-ms", str(DELAY_MS))
+
+        def refused(*args, name):
+            started = time.monotonic()
+            p = env.client(sup, "tcp", local, "--no-state", *args, name=name, expect_url=False)
+            code = p.popen.wait(60)
+            return code, p.stderr(), time.monotonic() - started
+
+        waits = []
+        for i, args in enumerate([(), ("--token", "wrong-token-xxxxxxxx"), ("--token", ALICE[:-1]),
+                                  ("--token", "")]):
+            code, err, took = refused(*args, name=f"bad-{i}")
+            assert code == 2 and "the token is missing or not valid" in err, (code, err)
+            waits.append(took)
+        print("bad-token refusals after", ", ".join(f"{w:.2f} s" for w in waits))
+        assert waits[0] >= DELAY_MS / 1000 and all(b > a * 1.5 for a, b in zip(waits, waits[1:])), waits
+
+        a1 = env.client(sup, "tcp", local, "--token", ALICE, "--subdomain", "alice-one", "--no-state")
+        code, err, _ = refused("--token", ALICE, "--subdomain", "web", name="alice-pattern")
+        assert code == 2 and "alice-*" in err, err
+        a2 = env.client(sup, "tcp", local, "--token", ALICE, "--subdomain", "alice", "--no-state")
+        code, err, _ = refused("--token", ALICE, "--subdomain", "alice-three", name="alice-3")
+        assert code == 2 and "limit of 2 tunnels" in err, err
+        code, err, _ = refused("--token", BOB, "--subdomain", "alice", name="bob-reserved")
+        assert code == 2 and "reserved" in err, err
+        b1 = env.client(sup, "tcp", local, "--token", BOB, "--no-state")
+        for c in (a1, a2, b1):
+            echo(c.port, os.urandom(100000))
+        assert {sup.tunnel(c)["domain"].split(".")[0] for c in (a2,)} == {"alice"}
+        print("per-token limits, patterns and reserved names hold; tunnels carry data")
+
+
+run_test(main)
