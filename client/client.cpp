@@ -1,13 +1,13 @@
 // Client logic: control session with reconnect and reclaim, data connections, local dialling.
 #include "client/client.hpp"
 
-#include <iostream>
+#include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
+#include <iostream>
 
 #include "client/http_log.hpp"
 #include "shared/net/address.hpp"
@@ -64,7 +64,9 @@ client::client(asio::io_context& io, client_options options, std::ostream& out)
   }
 }
 
-void client::start() { spawn(io_, run(), "client"); }
+void client::start() {
+  spawn(io_, run(), "client");
+}
 
 void client::stop() {
   if (stopping_) return;
@@ -113,8 +115,8 @@ asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string
   }
   tcp::socket socket(io_);
   asio::steady_timer timer(io_, options_.connect_timeout);
-  auto outcome = co_await (asio::async_connect(socket, endpoints, use_tuple) ||
-                           timer.async_wait(use_tuple));
+  auto outcome =
+      co_await (asio::async_connect(socket, endpoints, use_tuple) || timer.async_wait(use_tuple));
   if (outcome.index() == 1) {
     spdlog::debug("connecting to {}:{}: timed out", host, port);
     co_return std::nullopt;
@@ -137,7 +139,8 @@ asio::awaitable<void> client::run() {
     if (!keep_going || stopping_) co_return;
     if (tunnel_) first = false;
     // A session that lasted a while resets the back-off; quick failures grow it.
-    failures = std::chrono::steady_clock::now() - started > std::chrono::seconds(10) ? 1 : failures + 1;
+    failures =
+        std::chrono::steady_clock::now() - started > std::chrono::seconds(10) ? 1 : failures + 1;
     const auto wait = backoff(failures);
     spdlog::info("reconnecting to {} in {} ms", options_.server, wait.count());
     co_await pause(wait);
@@ -158,8 +161,8 @@ asio::awaitable<bool> client::control_session(bool first) {
                              : shared::net::transport(std::move(*socket));
   if (options_.tls) {
     shared::tls::expect_server_name(stream.native_tls(), server_host_);
-    if (auto ec = co_await stream.handshake(asio::ssl::stream_base::client,
-                                            options_.connect_timeout)) {
+    if (auto ec =
+            co_await stream.handshake(asio::ssl::stream_base::client, options_.connect_timeout)) {
       if (auto problem = stream.certificate_problem(); !problem.empty()) {
         std::cerr << "culvert: refusing the server at " << options_.server
                   << ": its certificate does not check out: " << problem
@@ -202,8 +205,8 @@ asio::awaitable<bool> client::control_session(bool first) {
     auto refusal = proto::decode_error_message(f->payload);
     const auto text = refusal ? refusal->message : std::string("malformed ERROR frame");
     // A busy server is worth waiting for even at the start; other refusals are final then.
-    if (refusal && (refusal->code == proto::error_code::overloaded ||
-                    (!first && transient(refusal->code)))) {
+    if (refusal &&
+        (refusal->code == proto::error_code::overloaded || (!first && transient(refusal->code)))) {
       spdlog::warn("server: {}", text);
       co_return true;
     }
@@ -211,11 +214,11 @@ asio::awaitable<bool> client::control_session(bool first) {
     finish(exit_refused);
     co_return false;
   }
-  auto offer = f->header.type == proto::frame_type::domain ? proto::decode_domain(f->payload)
-                                                           : std::nullopt;
+  auto offer =
+      f->header.type == proto::frame_type::domain ? proto::decode_domain(f->payload) : std::nullopt;
   if (!offer) {
     std::cerr << "culvert: the server answered with an unexpected "
-         << proto::to_string(f->header.type) << " frame" << std::endl;
+              << proto::to_string(f->header.type) << " frame" << std::endl;
     finish(exit_refused);
     co_return false;
   }
@@ -225,9 +228,9 @@ asio::awaitable<bool> client::control_session(bool first) {
   const bool same_tunnel = tunnel_ && tunnel_->offer.tunnel_id == offer->tunnel_id;
   if (!same_tunnel) {
     close_sessions();  // they belong to a tunnel that no longer exists
-    tunnel_ = tunnel_info{*offer, ++generation_,
-                          options_.tls ? shared::tls::derive_data_psk(offer->secret)
-                                       : shared::tls::psk_bytes{}};
+    tunnel_ = tunnel_info{
+        *offer, ++generation_,
+        options_.tls ? shared::tls::derive_data_psk(offer->secret) : shared::tls::psk_bytes{}};
     state_.save(saved_tunnel{offer->tunnel_id, offer->secret, offer->domain});
     out_ << "Forwarding " << offer->public_url << " -> " << options_.local_address() << std::endl;
     for (unsigned i = 0; i < std::max<unsigned>(1, offer->data_connections); ++i)

@@ -6,6 +6,10 @@
 // Invariant: every wait on the network is bounded; the only way out is stop() or a refusal.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
@@ -13,19 +17,14 @@
 #include <string>
 #include <vector>
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
-
 #include "client/client_options.hpp"
 #include "client/state_file.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
 #include "shared/net/transport.hpp"
-#include "shared/tls/tls_contexts.hpp"
 #include "shared/protocol/control_link.hpp"
 #include "shared/protocol/messages.hpp"
+#include "shared/tls/tls_contexts.hpp"
 
 namespace culvert::client {
 

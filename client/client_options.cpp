@@ -1,10 +1,9 @@
 // Command-line parsing for the culvert CLI (CLI11 subcommands `http` and `tcp`).
 #include "client/client_options.hpp"
 
+#include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <sstream>
-
-#include <CLI/CLI.hpp>
 
 #include "shared/net/address.hpp"
 
@@ -80,8 +79,8 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     result.output = out.str() + err.str();
     return result;
   }
-  options.kind = tcp->parsed() ? shared::protocol::tunnel_kind::tcp
-                               : shared::protocol::tunnel_kind::http;
+  options.kind =
+      tcp->parsed() ? shared::protocol::tunnel_kind::tcp : shared::protocol::tunnel_kind::http;
   auto where = shared::net::parse_host_port(local, "127.0.0.1");
   if (!where || where->port == 0) {
     result.exit_code = exit_usage;
@@ -108,8 +107,8 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     result.output = "culvert: --no-tls cannot be combined with --ca or --insecure\n";
     return result;
   }
-  options.tls = tls_on || (!tls_off && (!loopback_server || options.insecure ||
-                                        !options.ca_file.empty()));
+  options.tls =
+      tls_on || (!tls_off && (!loopback_server || options.insecure || !options.ca_file.empty()));
   result.options = std::move(options);
   return result;
 }

@@ -2,12 +2,12 @@
 // message heads and body lengths (RFC 9112 section 6.3). It never alters or holds back bytes.
 #include "client/http_log.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <ctime>
-
-#include <fmt/format.h>
 
 namespace culvert::client {
 namespace {
@@ -30,7 +30,8 @@ std::string_view trim(std::string_view s) {
 
 bool is_token(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
   });
 }
 
@@ -90,13 +91,19 @@ void http_body::reset(kind k, std::uint64_t length) {
   payload_ = 0;
   line_.clear();
   switch (k) {
-    case kind::none: state_ = state::done; break;
+    case kind::none:
+      state_ = state::done;
+      break;
     case kind::length:
       remaining_ = length;
       state_ = length ? state::length : state::done;
       break;
-    case kind::chunked: state_ = state::chunk_size; break;
-    case kind::until_close: state_ = state::until_close; break;
+    case kind::chunked:
+      state_ = state::chunk_size;
+      break;
+    case kind::until_close:
+      state_ = state::until_close;
+      break;
   }
 }
 
@@ -159,13 +166,15 @@ std::size_t http_body::feed(std::span<const char> bytes, bool& ok) {
         if (line_.empty()) state_ = state::done;
         line_.clear();
         break;
-      case state::done: break;
+      case state::done:
+        break;
     }
   }
   return used;
 }
 
-http_log_observer::http_log_observer(sink s, clock now) : sink_(std::move(s)), now_(std::move(now)) {}
+http_log_observer::http_log_observer(sink s, clock now)
+    : sink_(std::move(s)), now_(std::move(now)) {}
 
 // Appends to the head until its blank line; leaves `bytes` at the first byte after the head.
 bool http_log_observer::collect_head(head& h, std::span<const char>& bytes) {

@@ -20,8 +20,8 @@ namespace culvert::client {
 struct http_exchange {
   std::string method;
   std::string target;
-  int status = 0;                    // 0: no response arrived
-  std::uint64_t response_bytes = 0;  // body bytes (decoded length for chunked bodies)
+  int status = 0;                                  // 0: no response arrived
+  std::uint64_t response_bytes = 0;                // body bytes (decoded length for chunked bodies)
   std::chrono::steady_clock::duration duration{};  // first request byte to last response byte
   bool complete = true;  // false: the stream ended before the response did
 };
@@ -55,7 +55,8 @@ class http_log_observer : public shared::net::stream_observer {
   using sink = std::function<void(const http_exchange&)>;
   using clock = std::function<std::chrono::steady_clock::time_point()>;
 
-  explicit http_log_observer(sink, clock = [] { return std::chrono::steady_clock::now(); });
+  explicit http_log_observer(
+      sink, clock = [] { return std::chrono::steady_clock::now(); });
 
   void on_from_peer(std::span<const char> bytes) override;    // request side
   void on_from_socket(std::span<const char> bytes) override;  // response side

@@ -1,13 +1,13 @@
 // culvert: the developer's CLI (`culvert http 3000`, `culvert tcp HOST:PORT`).
 // Thin: parses arguments, sets up logging and signals, runs the client's io_context.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <optional>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <spdlog/spdlog.h>
 
 #include "client/client.hpp"
 #include "shared/log/log.hpp"

@@ -2,6 +2,7 @@
 #include "client/state_file.hpp"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,9 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 namespace culvert::client {
 
@@ -68,8 +67,9 @@ state_file::state_file(std::string dir, const std::string& key) : dir_(std::move
   lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK)
-      spdlog::info("another culvert with the same arguments is running; this one gets an "
-                   "address of its own and does not save it");
+      spdlog::info(
+          "another culvert with the same arguments is running; this one gets an "
+          "address of its own and does not save it");
     else
       spdlog::warn("cannot lock {}: {}; the address will not be kept", lock_path,
                    std::strerror(errno));
@@ -90,7 +90,8 @@ std::optional<saved_tunnel> state_file::load() const {
     saved_tunnel saved;
     saved.tunnel_id = json.at("tunnel_id").get<std::uint64_t>();
     saved.domain = json.at("domain").get<std::string>();
-    if (!from_hex(json.at("secret").get<std::string>(), saved.secret)) throw std::runtime_error("bad secret");
+    if (!from_hex(json.at("secret").get<std::string>(), saved.secret))
+      throw std::runtime_error("bad secret");
     return saved;
   } catch (const std::exception& e) {
     spdlog::warn("ignoring unreadable state file {}: {}", path_, e.what());
@@ -100,9 +101,8 @@ std::optional<saved_tunnel> state_file::load() const {
 
 bool state_file::save(const saved_tunnel& saved) const {
   if (path_.empty()) return true;
-  const nlohmann::json json = {{"tunnel_id", saved.tunnel_id},
-                               {"secret", to_hex(saved.secret)},
-                               {"domain", saved.domain}};
+  const nlohmann::json json = {
+      {"tunnel_id", saved.tunnel_id}, {"secret", to_hex(saved.secret)}, {"domain", saved.domain}};
   const auto text = json.dump() + "\n";
   const auto temporary = path_ + ".tmp";
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -158,7 +158,8 @@ reason check_user(std::string_view text) {
                   });
   if (!ok)
     return "must be a user name of 1-32 characters of A-Z, a-z, 0-9, '.', '_' and '-' (not "
-           "starting with '-'), got " + shown(text);
+           "starting with '-'), got " +
+           shown(text);
   return std::nullopt;
 }
 
@@ -645,12 +646,14 @@ void validate(const config& cfg) {
     if (why) throw config_error(name_of(s) + " " + *why);
   }
   if (cfg.tls_cert.empty() != cfg.tls_key.empty())
-    throw config_error("tls_cert (--tls-cert) and tls_key (--tls-key) go together: give both or "
-                       "neither");
+    throw config_error(
+        "tls_cert (--tls-cert) and tls_key (--tls-key) go together: give both or "
+        "neither");
   // Two sources of tokens would leave it unclear which limits apply to whom.
   if (!cfg.tokens.empty() && !cfg.tokens_file.empty())
-    throw config_error("tokens (--token) and tokens_file (--tokens-file) cannot be used together: "
-                       "put every token in the tokens file");
+    throw config_error(
+        "tokens (--token) and tokens_file (--tokens-file) cannot be used together: "
+        "put every token in the tokens file");
   if (cfg.heartbeat_timeout <= cfg.heartbeat_interval)
     throw config_error(
         "heartbeat_timeout (--heartbeat-timeout) must be greater than "
@@ -667,7 +670,8 @@ parse_result parse_arguments(int argc, const char* const* argv) {
   app.footer(
       "Configuration file: TOML with a [server] table whose keys are the long flag names with "
       "'_' for '-' (tokens = [\"a\", \"b\"] for --token, ports = \"20000-20999\", durations in "
-      "seconds unless the key ends in _ms). Precedence: built-in defaults < --config file < flags.");
+      "seconds unless the key ends in _ms). Precedence: built-in defaults < --config file < "
+      "flags.");
   app.set_help_flag("-h,--help", "Print this help and exit");
   app.set_version_flag("--version", std::string(version()), "Print the version and exit");
 

@@ -28,13 +28,13 @@ struct config {
   std::uint32_t max_tunnels_per_address = 64;  // per IPv4 address or IPv6 /64
   std::uint32_t max_handshakes_per_address = 16;
   std::chrono::milliseconds auth_failure_delay{1000};  // first bad token's wait; doubles per retry
-  std::chrono::seconds grace_period{30};  // a lost client's domain is held this long
+  std::chrono::seconds grace_period{30};               // a lost client's domain is held this long
   std::chrono::seconds heartbeat_interval{5};
   std::chrono::seconds heartbeat_timeout{30};  // silence that counts as a lost client
   std::chrono::seconds handshake_timeout{5};
   std::uint32_t max_pending_handshakes = 256;
   std::uint8_t data_connections = 2;  // data connections each client opens (1..16)
-  std::string tls_cert, tls_key;       // PEM files; both empty = clear text
+  std::string tls_cert, tls_key;      // PEM files; both empty = clear text
   std::string instance = "default";   // names the shared-memory segment /culvert-<instance>
   std::string worker_path;            // empty = culvert-worker beside the supervisor
   std::string user = "nobody";        // account for workers and the dropped supervisor (if root)

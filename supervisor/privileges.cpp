@@ -9,11 +9,10 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#include <spdlog/spdlog.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -152,8 +151,8 @@ void drop_privileges(const account& who, bool keep_net_bind_service) {
     fail("drop_privileges", "user '" + who.name + "' has uid 0; it must be unprivileged");
   }
   require_single_thread();
-  const std::string target = "user '" + who.name + "' (uid " + std::to_string(who.uid) +
-                             ", gid " + std::to_string(who.gid) + ")";
+  const std::string target = "user '" + who.name + "' (uid " + std::to_string(who.uid) + ", gid " +
+                             std::to_string(who.gid) + ")";
 
   // Groups first, while we still may: afterwards setgroups needs CAP_SETGID we no longer have.
   if (::setgroups(1, &who.gid) != 0) fail("setgroups", "switching to " + target);
@@ -183,8 +182,8 @@ int drop_in_child(uid_t uid, gid_t gid) noexcept {
   uid_t ruid, euid, suid;
   gid_t rgid, egid, sgid;
   if (::getresuid(&ruid, &euid, &suid) != 0 || ::getresgid(&rgid, &egid, &sgid) != 0) return errno;
-  const bool already = ruid == uid && euid == uid && suid == uid && rgid == gid && egid == gid &&
-                       sgid == gid;
+  const bool already =
+      ruid == uid && euid == uid && suid == uid && rgid == gid && egid == gid && sgid == gid;
   if (!already) {
     if (::syscall(sys_setgroups, 1, &gid) != 0) return errno;
     if (::syscall(sys_setresgid, gid, gid, gid) != 0) return errno;

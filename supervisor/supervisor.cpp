@@ -3,6 +3,7 @@
 // so the tunnel map needs no lock; every wait on a client is bounded by a timer.
 #include "supervisor/supervisor.hpp"
 
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,8 +13,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <csignal>
 #include <cstring>
-
-#include <openssl/crypto.h>
 
 #include "shared/net/address.hpp"
 #include "shared/net/socket_options.hpp"
@@ -82,8 +81,8 @@ supervisor::supervisor(asio::io_context& io, config cfg)
   // Read the key and tokens now, while the files are still readable (before any privilege drop).
   if (!config_.tokens_file.empty()) {
     std::vector<std::string> warnings;
-    tokens_ = token_registry::load_file(config_.tokens_file, config_.max_tunnels_per_token,
-                                        &warnings);
+    tokens_ =
+        token_registry::load_file(config_.tokens_file, config_.max_tunnels_per_token, &warnings);
     for (const auto& w : warnings) spdlog::warn("{}", w);
   } else if (!config_.tokens.empty()) {
     tokens_ = token_registry::from_tokens(config_.tokens, config_.max_tunnels_per_token);
@@ -95,9 +94,10 @@ supervisor::supervisor(asio::io_context& io, config cfg)
   if (tls_)
     spdlog::info("control connections use TLS 1.3 with {}", config_.tls_cert);
   else if (where && !shared::net::is_loopback_host(where->host))
-    spdlog::warn("control port {} is not on loopback and has no TLS (--tls-cert/--tls-key): "
-                 "tokens, secrets and tunnelled traffic cross the network in clear",
-                 config_.control_address);
+    spdlog::warn(
+        "control port {} is not on loopback and has no TLS (--tls-cert/--tls-key): "
+        "tokens, secrets and tunnelled traffic cross the network in clear",
+        config_.control_address);
 }
 
 supervisor::~supervisor() {
@@ -140,9 +140,10 @@ void supervisor::start() {
                  worker_account_->name, worker_account_->uid, worker_account_->gid,
                  low_ports ? "keeping only CAP_NET_BIND_SERVICE (public ports below 1024)"
                            : "no capabilities");
-    spdlog::info("kept from root: the control listener, open files, and the tunnel table {} "
-                 "(now owned by {}); workers start as {} with no_new_privs",
-                 table_->name(), worker_account_->name, worker_account_->name);
+    spdlog::info(
+        "kept from root: the control listener, open files, and the tunnel table {} "
+        "(now owned by {}); workers start as {} with no_new_privs",
+        table_->name(), worker_account_->name, worker_account_->name);
     // Every tunnel would fail at exec otherwise; say it once, now, with the cause.
     if (::access(worker_path_.c_str(), X_OK) != 0)
       throw std::runtime_error("worker executable " + worker_path_ + " is not executable by user " +
@@ -376,9 +377,9 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
       if (!lease) {
         spdlog::info("{}: refused: token {} is at its limit of {} tunnels", peer_text, who->name,
                      who->max_tunnels);
-        co_await proto::refuse(stream, proto::error_code::no_capacity,
-                               "this token is at its limit of " +
-                                   std::to_string(who->max_tunnels) + " tunnels");
+        co_await proto::refuse(
+            stream, proto::error_code::no_capacity,
+            "this token is at its limit of " + std::to_string(who->max_tunnels) + " tunnels");
         co_return;
       }
       leases.push_back(std::move(*lease));
@@ -401,8 +402,7 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     auto name = domains_.take(init.subdomain);
     // A generated name may happen to be one a token reserved: draw again.
     for (int draw = 0; init.subdomain.empty() && name.status == domain_pool::result::ok &&
-                       draw < 8 &&
-                       tokens_.reserved_by_other(who, label_of(name.domain));
+                       draw < 8 && tokens_.reserved_by_other(who, label_of(name.domain));
          ++draw) {
       auto next = domains_.take(init.subdomain);
       domains_.give_back(name.domain);
@@ -705,10 +705,11 @@ void supervisor::restart_worker(const tunnel_ptr& t) {
   ++t->restarts;
   t->reopen_pending = true;
   // Back off when a worker dies right after starting (postfix master's rule).
-  const auto delay = t->quick_failures == 0
-                         ? std::chrono::milliseconds(0)
-                         : std::min(std::chrono::milliseconds(100 << std::min(t->quick_failures, 10u)),
-                                    std::chrono::milliseconds(5000));
+  const auto delay =
+      t->quick_failures == 0
+          ? std::chrono::milliseconds(0)
+          : std::min(std::chrono::milliseconds(100 << std::min(t->quick_failures, 10u)),
+                     std::chrono::milliseconds(5000));
   t->stop_timer.expires_after(delay);
   t->stop_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
     auto t = weak.lock();

@@ -23,13 +23,13 @@
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
+#include "shared/net/transport.hpp"
 #include "shared/protocol/control_link.hpp"
 #include "shared/protocol/messages.hpp"
+#include "supervisor/auth_throttle.hpp"
 #include "supervisor/config.hpp"
 #include "supervisor/domain_pool.hpp"
-#include "shared/net/transport.hpp"
 #include "supervisor/privileges.hpp"
-#include "supervisor/auth_throttle.hpp"
 #include "supervisor/public_ports.hpp"
 #include "supervisor/token_registry.hpp"
 #include "supervisor/usage_counter.hpp"
@@ -85,8 +85,7 @@ class supervisor {
 
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> handshake(boost::asio::ip::tcp::socket);
-  boost::asio::awaitable<void> open_tunnel(shared::net::transport,
-                                           shared::protocol::init_message);
+  boost::asio::awaitable<void> open_tunnel(shared::net::transport, shared::protocol::init_message);
   boost::asio::awaitable<void> attach_data(shared::net::transport,
                                            shared::protocol::data_init_message);
   boost::asio::awaitable<void> route_data(shared::net::transport,
@@ -96,7 +95,7 @@ class supervisor {
                                                    std::shared_ptr<shared::ipc::channel_socket>);
   boost::asio::awaitable<void> hand_over(tunnel_ptr, boost::asio::ip::tcp::socket, bool tls);
   boost::asio::awaitable<void> tell_worker(std::shared_ptr<shared::ipc::channel_socket>,
-                                          std::string message);
+                                           std::string message);
   boost::asio::awaitable<void> reap_loop();
   boost::asio::awaitable<void> shutdown();
 
@@ -127,9 +126,9 @@ class supervisor {
   token_registry tokens_;
   auth_throttle throttle_;
   usage_counter tunnels_per_token_, tunnels_per_address_, handshakes_per_address_;
-  std::optional<account> worker_account_;  // set when started as root: workers run as it
+  std::optional<account> worker_account_;           // set when started as root: workers run as it
   std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
-  std::map<std::uint64_t, tunnel_ptr> tunnels_;  // by tunnel id
+  std::map<std::uint64_t, tunnel_ptr> tunnels_;     // by tunnel id
   std::map<pid_t, tunnel_ptr> by_worker_pid_;
   std::vector<std::uint32_t> free_slots_;
   std::uint32_t pending_handshakes_ = 0;

@@ -56,9 +56,9 @@ struct inherit_descriptors {
 pid_t launch_worker(boost::asio::io_context& io, const worker_spawn& spawn,
                     boost::system::error_code& error) {
   bp::posix::default_launcher launcher;
-  bp::process child = launcher(io.get_executor(), error, spawn.executable, spawn.arguments,
-                               inherit_descriptors{spawn.channel_fd, spawn.listener_fd,
-                                                   spawn.uid, spawn.gid});
+  bp::process child =
+      launcher(io.get_executor(), error, spawn.executable, spawn.arguments,
+               inherit_descriptors{spawn.channel_fd, spawn.listener_fd, spawn.uid, spawn.gid});
   if (error) return 0;
   const pid_t pid = child.id();
   child.detach();  // the supervisor's SIGCHLD handler reaps it

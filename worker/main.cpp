@@ -1,14 +1,13 @@
 // culvert-worker: started by culvert-supervisor, one per tunnel; not meant to be run by hand.
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
-
-#include <csignal>
-#include <cstdlib>
-#include <cstdio>
-#include <exception>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
-#include <spdlog/spdlog.h>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 
 #include "shared/log/log.hpp"
 #include "worker/worker.hpp"

@@ -1,16 +1,14 @@
 // Worker process logic: channel from the supervisor, public accept loop, data-connection adoption.
 #include "worker/worker.hpp"
 
-#include <sys/socket.h>
-
-#include <cstring>
-
 #include <openssl/crypto.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
+#include <cstring>
 
 #include "shared/net/address.hpp"
 #include "shared/net/socket_options.hpp"
@@ -108,13 +106,13 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
                  psk_ ? "too many TLS handshakes at once" : "no key yet");
     co_return;
   }
-  net::transport connection = tls ? net::transport(std::move(socket), psk_->context())
-                                  : net::transport(std::move(socket));
+  net::transport connection =
+      tls ? net::transport(std::move(socket), psk_->context()) : net::transport(std::move(socket));
   if (tls) {
     // Only a client that knows the tunnel's secret completes this handshake (TLS 1.3 PSK).
     ++tls_handshakes_;
-    auto failed = co_await connection.handshake(asio::ssl::stream_base::server,
-                                                options_.handshake_timeout);
+    auto failed =
+        co_await connection.handshake(asio::ssl::stream_base::server, options_.handshake_timeout);
     --tls_handshakes_;
     if (failed) {
       spdlog::warn("data connection from {}: TLS handshake failed: {}", net::to_string(peer),
@@ -150,9 +148,8 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
     report_data_connections();
     if (sessions_.empty()) pool_.trim();  // idle: give the relay buffers back
   };
-  auto session = std::make_shared<net::mux_session>(std::move(connection),
-                                                     net::mux_session::role::server, options_.mux,
-                                                     std::move(hooks), pool_);
+  auto session = std::make_shared<net::mux_session>(
+      std::move(connection), net::mux_session::role::server, options_.mux, std::move(hooks), pool_);
   session->start();
   sessions_.push_back(session);
   spdlog::info("data connection from {} attached ({} now)", peer_text, sessions_.size());

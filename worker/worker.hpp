@@ -7,16 +7,15 @@
 // if the relay ends abnormally or never starts.
 #pragma once
 
-#include <cstdint>
-#include <memory>
-#include <string>
-#include <vector>
-
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
@@ -36,7 +35,7 @@ struct worker_options {
   std::size_t max_visitors = 16384;  // open visitor connections; more are reset at once
   std::chrono::seconds drain_timeout{5};
   std::chrono::seconds handshake_timeout{5};  // TLS data connections
-  std::chrono::seconds visitor_wait{10};  // for a data connection, once accepted
+  std::chrono::seconds visitor_wait{10};      // for a data connection, once accepted
   shared::net::mux_settings mux;
 };
 

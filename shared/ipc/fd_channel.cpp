@@ -4,19 +4,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <cstring>
 
 namespace culvert::shared::ipc {
 
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-channel_protocol unix_seqpacket() { return channel_protocol(AF_UNIX, 0); }
+channel_protocol unix_seqpacket() {
+  return channel_protocol(AF_UNIX, 0);
+}
 
 void make_channel_pair(channel_socket& a, channel_socket& b) {
   int fds[2];
@@ -51,8 +52,8 @@ asio::awaitable<error_code> send_message(channel_socket& socket, std::string_vie
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       co_return error_code(errno, boost::system::system_category());
-    auto [ec] = co_await socket.async_wait(channel_socket::wait_write,
-                                           asio::as_tuple(asio::use_awaitable));
+    auto [ec] =
+        co_await socket.async_wait(channel_socket::wait_write, asio::as_tuple(asio::use_awaitable));
     if (ec) co_return ec;
   }
 }

@@ -5,14 +5,13 @@
 // length); anything unexpected is an error and every descriptor that arrived is closed.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/generic/seq_packet_protocol.hpp>
+#include <boost/system/error_code.hpp>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <variant>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/generic/seq_packet_protocol.hpp>
-#include <boost/system/error_code.hpp>
 
 namespace culvert::shared::ipc {
 
@@ -34,7 +33,8 @@ struct channel_message {
 };
 
 // Sends payload (<= max_channel_message) and, if fd >= 0, a duplicate of fd (the caller keeps fd).
-boost::asio::awaitable<boost::system::error_code> send_message(channel_socket&, std::string_view payload,
+boost::asio::awaitable<boost::system::error_code> send_message(channel_socket&,
+                                                               std::string_view payload,
                                                                int fd = -1);
 
 // Returns the message, or an error (eof when the peer closed; protocol_error-like codes for

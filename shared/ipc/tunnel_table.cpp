@@ -6,10 +6,13 @@
 #include "shared/ipc/tunnel_table.hpp"
 
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/permissions.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -20,10 +23,6 @@
 #include <system_error>
 #include <thread>
 #include <type_traits>
-
-#include <boost/interprocess/exceptions.hpp>
-#include <boost/interprocess/permissions.hpp>
-#include <spdlog/spdlog.h>
 
 namespace culvert::shared::ipc {
 
@@ -130,11 +129,12 @@ void validate_header(const table_header& header, std::size_t mapped, const std::
                              std::to_string(table_version) + " (mixed culvert versions?)");
   if (header.slot_size != sizeof(slot))
     throw std::runtime_error("shared-memory segment " + segment + " has " +
-                             std::to_string(header.slot_size) + "-byte slots but this program uses " +
-                             std::to_string(sizeof(slot)) + " (mixed culvert builds?)");
+                             std::to_string(header.slot_size) +
+                             "-byte slots but this program uses " + std::to_string(sizeof(slot)) +
+                             " (mixed culvert builds?)");
   if (mapped < region_size(header.slot_count))
-    throw std::runtime_error("shared-memory segment " + segment + " is truncated: " +
-                             std::to_string(mapped) + " bytes, but " +
+    throw std::runtime_error("shared-memory segment " + segment +
+                             " is truncated: " + std::to_string(mapped) + " bytes, but " +
                              std::to_string(header.slot_count) + " slots need " +
                              std::to_string(region_size(header.slot_count)));
 }
@@ -199,27 +199,34 @@ void remove_if_stale(const std::string& segment) {
   }
   spdlog::warn("removing stale shared-memory segment {}: {}", segment, why);
   if (!bip::shared_memory_object::remove(segment.c_str()) && errno != ENOENT)
-    throw std::runtime_error("shm_unlink " + segment + " (removing a stale table) failed: " +
-                             std::strerror(errno));
+    throw std::runtime_error("shm_unlink " + segment +
+                             " (removing a stale table) failed: " + std::strerror(errno));
 }
 
 }  // namespace
 
 std::string_view to_string(slot_state state) {
   switch (state) {
-    case slot_state::free: return "free";
-    case slot_state::starting: return "starting";
-    case slot_state::active: return "active";
-    case slot_state::held: return "held";
-    case slot_state::stopping: return "stopping";
+    case slot_state::free:
+      return "free";
+    case slot_state::starting:
+      return "starting";
+    case slot_state::active:
+      return "active";
+    case slot_state::held:
+      return "held";
+    case slot_state::stopping:
+      return "stopping";
   }
   return "unknown";  // the value came from shared memory, not from our enum
 }
 
 std::string_view to_string(tunnel_kind kind) {
   switch (kind) {
-    case tunnel_kind::http: return "http";
-    case tunnel_kind::tcp: return "tcp";
+    case tunnel_kind::http:
+      return "http";
+    case tunnel_kind::tcp:
+      return "tcp";
   }
   return "unknown";
 }
@@ -245,8 +252,8 @@ tunnel_table_owner::tunnel_table_owner(std::string_view instance, std::uint32_t 
       break;
     } catch (const bip::interprocess_exception& e) {
       if (e.get_error_code() != bip::already_exists_error || attempt == 3)
-        throw std::runtime_error("shm_open " + name_ + " (creating the tunnel table) failed: " +
-                                 e.what());
+        throw std::runtime_error("shm_open " + name_ +
+                                 " (creating the tunnel table) failed: " + e.what());
     }
   }
   try {
@@ -260,7 +267,8 @@ tunnel_table_owner::tunnel_table_owner(std::string_view instance, std::uint32_t 
 
   auto* base = static_cast<char*>(region_.get_address());
   header_ = new (base) table_header{};
-  for (std::uint32_t i = 0; i < slot_count; ++i) new (base + slots_offset + i * sizeof(slot)) slot{};
+  for (std::uint32_t i = 0; i < slot_count; ++i)
+    new (base + slots_offset + i * sizeof(slot)) slot{};
   slots_ = std::launder(reinterpret_cast<slot*>(base + slots_offset));
 
   header_->version = table_version;
@@ -281,7 +289,9 @@ tunnel_table_owner::~tunnel_table_owner() {
                  std::strerror(errno));
 }
 
-std::uint32_t tunnel_table_owner::slot_count() const { return header_->slot_count; }
+std::uint32_t tunnel_table_owner::slot_count() const {
+  return header_->slot_count;
+}
 
 void tunnel_table_owner::grant_to(uid_t uid, gid_t gid) {
   const int fd = memory_.get_mapping_handle().handle;

@@ -9,21 +9,20 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
-
 namespace culvert::shared::ipc {
 
 inline constexpr std::uint64_t table_magic = 0x43554c5645525431ULL;  // "CULVERT1"
 inline constexpr std::uint32_t table_version = 1;
-inline constexpr std::size_t domain_capacity = 128;       // bytes, NUL-terminated
-inline constexpr std::size_t client_addr_capacity = 64;   // "[v6addr]:port", NUL-terminated
+inline constexpr std::size_t domain_capacity = 128;      // bytes, NUL-terminated
+inline constexpr std::size_t client_addr_capacity = 64;  // "[v6addr]:port", NUL-terminated
 
 enum class slot_state : std::uint32_t {
   free = 0,      // in the pool
@@ -92,7 +91,8 @@ std::string segment_name(std::string_view instance);
 // removes it on destruction.
 class tunnel_table_owner {
  public:
-  tunnel_table_owner(std::string_view instance, std::uint32_t slot_count, std::string_view base_domain);
+  tunnel_table_owner(std::string_view instance, std::uint32_t slot_count,
+                     std::string_view base_domain);
   ~tunnel_table_owner();
   tunnel_table_owner(const tunnel_table_owner&) = delete;
   tunnel_table_owner& operator=(const tunnel_table_owner&) = delete;
@@ -132,7 +132,8 @@ class slot_counter_writer {
 // culvert-status side: maps the segment read-only and copies slots out consistently.
 class tunnel_table_reader {
  public:
-  // Throws std::runtime_error with a clear message if the segment is missing or not a culvert table.
+  // Throws std::runtime_error with a clear message if the segment is missing or not a culvert
+  // table.
   explicit tunnel_table_reader(std::string_view segment);
   const table_header& header() const { return *header_; }
   // Every slot whose state is not free, in slot order.

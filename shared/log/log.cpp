@@ -1,10 +1,9 @@
 // spdlog default logger: "<time> <role>[<pid>] <level> <message>" on stderr.
 #include "shared/log/log.hpp"
 
-#include <unistd.h>
-
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 namespace culvert::shared::log {
 

@@ -1,12 +1,11 @@
 // "host:port" parsing and printing for flags, configuration and logs ([v6]:port included).
 #pragma once
 
+#include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <boost/asio/ip/tcp.hpp>
 
 namespace culvert::shared::net {
 

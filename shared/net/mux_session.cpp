@@ -3,16 +3,15 @@
 // invariants and docs/protocol.md for the rules enforced here.
 #include "shared/net/mux_session.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
-#include <cstring>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <spdlog/spdlog.h>
+#include <cstring>
 
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
@@ -43,9 +42,9 @@ constexpr std::size_t window_growth_budget = 256 * 1024 * 1024;
 std::size_t window_growth_used = 0;
 
 std::uint64_t now_ns() {
-  return std::uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           clock_type::now().time_since_epoch())
-                           .count());
+  return std::uint64_t(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+          .count());
 }
 
 std::span<const char> as_chars(std::span<const std::uint8_t> s) {
@@ -199,9 +198,8 @@ asio::awaitable<void> mux_session::read_loop() {
     last_received_ = clock_type::now();
     end += n;
     while (end - begin >= proto::header_size) {
-      auto decoded = proto::decode_header(
-          std::span<const std::uint8_t, proto::header_size>(buffer.data() + begin,
-                                                            proto::header_size));
+      auto decoded = proto::decode_header(std::span<const std::uint8_t, proto::header_size>(
+          buffer.data() + begin, proto::header_size));
       if (auto* error = std::get_if<proto::decode_error>(&decoded)) {
         protocol_violation(std::string(proto::to_string(*error)));
         co_return;
@@ -231,11 +229,18 @@ bool mux_session::handle_frame(const proto::frame_header& h,
     stale_frames_in_window_ = 0;
   }
   switch (h.type) {
-    case proto::frame_type::data: return handle_data(h, payload);
-    case proto::frame_type::window: return handle_window(h.stream_id, proto::load_u32(payload.data()));
-    case proto::frame_type::open: return handle_open(h.stream_id, payload);
-    case proto::frame_type::reset: handle_reset(h.stream_id); return open_;
-    case proto::frame_type::ping: handle_ping(h, payload); return open_;
+    case proto::frame_type::data:
+      return handle_data(h, payload);
+    case proto::frame_type::window:
+      return handle_window(h.stream_id, proto::load_u32(payload.data()));
+    case proto::frame_type::open:
+      return handle_open(h.stream_id, payload);
+    case proto::frame_type::reset:
+      handle_reset(h.stream_id);
+      return open_;
+    case proto::frame_type::ping:
+      handle_ping(h, payload);
+      return open_;
     case proto::frame_type::error: {
       auto e = proto::decode_error_message(payload);
       close("peer reported an error: " + (e ? e->message : std::string("(unreadable)")));
@@ -401,14 +406,17 @@ void mux_session::protocol_violation(const std::string& what) {
 
 // ---- writing ---------------------------------------------------------------------------------
 
-void mux_session::wake_writer() { writer_wake_.cancel(); }
+void mux_session::wake_writer() {
+  writer_wake_.cancel();
+}
 
 void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std::uint32_t stream,
                                 std::span<const std::uint8_t> payload) {
   if (!open_) return;
   out_frame& f = control_queue_.emplace_back();
-  proto::encode_header({std::uint32_t(payload.size()), type, flags, stream},
-                       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
+  proto::encode_header(
+      {std::uint32_t(payload.size()), type, flags, stream},
+      std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
   std::memcpy(f.head.data() + proto::header_size, payload.data(), payload.size());
   f.head_length = std::uint8_t(proto::header_size + payload.size());
   wake_writer();
@@ -416,9 +424,9 @@ void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std:
 
 void mux_session::queue_data(const stream_ptr& s, chunk payload, std::uint32_t length, bool fin) {
   out_frame& f = data_queue_.emplace_back();
-  proto::encode_header({length, proto::frame_type::data, fin ? proto::flags::fin : proto::flags::none,
-                        s->id},
-                       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
+  proto::encode_header(
+      {length, proto::frame_type::data, fin ? proto::flags::fin : proto::flags::none, s->id},
+      std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
   f.head_length = proto::header_size;
   if (payload) ++s->in_flight;
   f.payload = std::move(payload);
@@ -481,7 +489,8 @@ asio::awaitable<void> mux_session::keepalive_loop() {
     const auto silent = clock_type::now() - last_received_;
     if (silent > settings_.idle_timeout) {
       close("peer silent for " +
-            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(silent).count()) + " s");
+            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(silent).count()) +
+            " s");
       co_return;
     }
     proto::store_u64(stamp, now_ns());
@@ -518,7 +527,8 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
       co_return;
     }
     chunk c = pool_.take();
-    const std::size_t want = std::size_t(std::min<std::int64_t>(buffer_pool::chunk_size, s->send_credit));
+    const std::size_t want =
+        std::size_t(std::min<std::int64_t>(buffer_pool::chunk_size, s->send_credit));
     error_code ec;
     const std::size_t n = s->socket.read_some(asio::buffer(c.get(), want), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {

@@ -7,6 +7,9 @@
 // validated (docs/protocol.md) and a violation ends the whole session.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -17,10 +20,6 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/transport.hpp"
@@ -69,8 +68,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
  public:
   enum class role { server, client };
 
-  mux_session(transport connection, role, mux_settings, mux_hooks,
-              buffer_pool&);
+  mux_session(transport connection, role, mux_settings, mux_hooks, buffer_pool&);
   ~mux_session();
 
   // Starts reading, writing and keepalives. Call once, on the io_context thread.

@@ -2,12 +2,12 @@
 // `detached` that would swallow it.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
 #include <exception>
 #include <string>
 #include <utility>
-
-#include <boost/asio/co_spawn.hpp>
-#include <spdlog/spdlog.h>
 
 namespace culvert::shared::net {
 

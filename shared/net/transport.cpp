@@ -1,20 +1,19 @@
 // Transport: plain TCP or TLS behind the same coroutine interface.
 #include "shared/net/transport.hpp"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <cstring>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/ssl/error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
+#include <cstring>
 
 namespace culvert::shared::net {
 
@@ -34,9 +33,13 @@ transport::transport(transport&&) noexcept = default;
 transport& transport::operator=(transport&&) noexcept = default;
 transport::~transport() = default;
 
-asio::ip::tcp::socket& transport::socket() { return tls_ ? tls_->next_layer() : plain_; }
+asio::ip::tcp::socket& transport::socket() {
+  return tls_ ? tls_->next_layer() : plain_;
+}
 
-asio::any_io_executor transport::get_executor() { return socket().get_executor(); }
+asio::any_io_executor transport::get_executor() {
+  return socket().get_executor();
+}
 
 asio::awaitable<error_code> transport::handshake(asio::ssl::stream_base::handshake_type type) {
   if (!tls_) co_return error_code{};
@@ -45,7 +48,7 @@ asio::awaitable<error_code> transport::handshake(asio::ssl::stream_base::handsha
 }
 
 asio::awaitable<error_code> transport::handshake(asio::ssl::stream_base::handshake_type type,
-                                                std::chrono::steady_clock::duration limit) {
+                                                 std::chrono::steady_clock::duration limit) {
   using namespace asio::experimental::awaitable_operators;
   if (!tls_) co_return error_code{};
   asio::steady_timer timer(get_executor(), limit);

@@ -5,17 +5,16 @@
 // socket options, addresses and closing), so no byte can bypass the record layer.
 #pragma once
 
-#include <chrono>
-#include <memory>
-#include <string>
-#include <span>
-#include <tuple>
-
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <chrono>
+#include <memory>
+#include <span>
+#include <string>
+#include <tuple>
 
 namespace culvert::shared::net {
 

@@ -80,7 +80,7 @@ asio::awaitable<void> control_link::read_loop() {
         co_return;
       }
       close(failure->why == read_failure::kind::closed ? "connection closed by peer"
-                                                         : "connection lost: " + failure->what);
+                                                       : "connection lost: " + failure->what);
       co_return;
     }
     auto& f = std::get<frame>(result);
@@ -140,7 +140,8 @@ asio::awaitable<void> control_link::heartbeat_loop() {
     const auto silent = clock_type::now() - last_received_;
     if (silent > silence_limit_) {
       close("heartbeat timeout: nothing received for " +
-            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(silent).count()) + " s");
+            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(silent).count()) +
+            " s");
       co_return;
     }
     encoded_frame ping(header_size + 8, 0);

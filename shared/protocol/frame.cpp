@@ -15,19 +15,32 @@ struct type_rules {
 
 std::optional<type_rules> rules_for(std::uint8_t type) {
   switch (static_cast<frame_type>(type)) {
-    case frame_type::init: return type_rules{0, false, {}, 512};
-    case frame_type::domain: return type_rules{0, false, {}, 1024};
-    case frame_type::ack: return type_rules{0, false, 0, 0};
-    case frame_type::error: return type_rules{0, false, {}, 1024};
-    case frame_type::ping: return type_rules{flags::ack, false, 8, 8};
-    case frame_type::data_init: return type_rules{0, false, 42, 42};
-    case frame_type::data_ready: return type_rules{0, false, 0, 0};
-    case frame_type::reopen: return type_rules{0, false, 0, 0};
-    case frame_type::data_route: return type_rules{0, false, 10, 10};
-    case frame_type::open: return type_rules{0, true, {}, 128};
-    case frame_type::data: return type_rules{flags::fin, true, {}, max_data_payload};
-    case frame_type::window: return type_rules{0, true, 4, 4};
-    case frame_type::reset: return type_rules{0, true, 4, 4};
+    case frame_type::init:
+      return type_rules{0, false, {}, 512};
+    case frame_type::domain:
+      return type_rules{0, false, {}, 1024};
+    case frame_type::ack:
+      return type_rules{0, false, 0, 0};
+    case frame_type::error:
+      return type_rules{0, false, {}, 1024};
+    case frame_type::ping:
+      return type_rules{flags::ack, false, 8, 8};
+    case frame_type::data_init:
+      return type_rules{0, false, 42, 42};
+    case frame_type::data_ready:
+      return type_rules{0, false, 0, 0};
+    case frame_type::reopen:
+      return type_rules{0, false, 0, 0};
+    case frame_type::data_route:
+      return type_rules{0, false, 10, 10};
+    case frame_type::open:
+      return type_rules{0, true, {}, 128};
+    case frame_type::data:
+      return type_rules{flags::fin, true, {}, max_data_payload};
+    case frame_type::window:
+      return type_rules{0, true, 4, 4};
+    case frame_type::reset:
+      return type_rules{0, true, 4, 4};
   }
   return std::nullopt;
 }
@@ -68,31 +81,50 @@ std::array<std::uint8_t, header_size> encode_header(const frame_header& h) {
 
 std::string_view to_string(decode_error e) {
   switch (e) {
-    case decode_error::unknown_type: return "unknown frame type";
-    case decode_error::bad_flags: return "unknown flags set";
-    case decode_error::too_long: return "frame longer than the maximum for its type";
-    case decode_error::bad_fixed_size: return "frame of the wrong fixed size";
-    case decode_error::stream_id_required: return "stream id 0 on a stream frame";
-    case decode_error::stream_id_forbidden: return "stream id on a connection frame";
+    case decode_error::unknown_type:
+      return "unknown frame type";
+    case decode_error::bad_flags:
+      return "unknown flags set";
+    case decode_error::too_long:
+      return "frame longer than the maximum for its type";
+    case decode_error::bad_fixed_size:
+      return "frame of the wrong fixed size";
+    case decode_error::stream_id_required:
+      return "stream id 0 on a stream frame";
+    case decode_error::stream_id_forbidden:
+      return "stream id on a connection frame";
   }
   return "unknown decode error";
 }
 
 std::string_view to_string(frame_type t) {
   switch (t) {
-    case frame_type::init: return "INIT";
-    case frame_type::domain: return "DOMAIN";
-    case frame_type::ack: return "ACK";
-    case frame_type::error: return "ERROR";
-    case frame_type::ping: return "PING";
-    case frame_type::data_init: return "DATA_INIT";
-    case frame_type::data_ready: return "DATA_READY";
-    case frame_type::reopen: return "REOPEN";
-    case frame_type::data_route: return "DATA_ROUTE";
-    case frame_type::open: return "OPEN";
-    case frame_type::data: return "DATA";
-    case frame_type::window: return "WINDOW";
-    case frame_type::reset: return "RESET";
+    case frame_type::init:
+      return "INIT";
+    case frame_type::domain:
+      return "DOMAIN";
+    case frame_type::ack:
+      return "ACK";
+    case frame_type::error:
+      return "ERROR";
+    case frame_type::ping:
+      return "PING";
+    case frame_type::data_init:
+      return "DATA_INIT";
+    case frame_type::data_ready:
+      return "DATA_READY";
+    case frame_type::reopen:
+      return "REOPEN";
+    case frame_type::data_route:
+      return "DATA_ROUTE";
+    case frame_type::open:
+      return "OPEN";
+    case frame_type::data:
+      return "DATA";
+    case frame_type::window:
+      return "WINDOW";
+    case frame_type::reset:
+      return "RESET";
   }
   return "?";
 }

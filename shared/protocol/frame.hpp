@@ -21,15 +21,15 @@ inline constexpr std::size_t max_control_payload = 2 * 1024;  // every other fra
 
 enum class frame_type : std::uint8_t {
   // Control connection (stream id 0).
-  init = 0x01,       // client -> server: opens a tunnel
-  domain = 0x02,     // server -> client: the assigned domain, port, tunnel id and secret
-  ack = 0x03,        // client -> server: domain accepted
-  error = 0x04,      // either way: a refusal or fatal error, then the sender closes
-  ping = 0x05,       // either way, control or data connection: keepalive / RTT probe
-  data_init = 0x06,  // client -> server: first frame of a data connection
-  data_ready = 0x07, // worker -> client: the data connection is adopted by the tunnel's worker
-  reopen = 0x08,     // server -> client: re-open your data connections (worker restarted)
-  data_route = 0x09, // client -> server, in clear: a TLS data connection for this tunnel follows
+  init = 0x01,        // client -> server: opens a tunnel
+  domain = 0x02,      // server -> client: the assigned domain, port, tunnel id and secret
+  ack = 0x03,         // client -> server: domain accepted
+  error = 0x04,       // either way: a refusal or fatal error, then the sender closes
+  ping = 0x05,        // either way, control or data connection: keepalive / RTT probe
+  data_init = 0x06,   // client -> server: first frame of a data connection
+  data_ready = 0x07,  // worker -> client: the data connection is adopted by the tunnel's worker
+  reopen = 0x08,      // server -> client: re-open your data connections (worker restarted)
+  data_route = 0x09,  // client -> server, in clear: a TLS data connection for this tunnel follows
   // Data connection, multiplexed streams (stream id != 0).
   open = 0x10,    // worker -> client: a new visitor stream
   data = 0x11,    // either way: stream bytes; flag fin ends that direction
@@ -67,7 +67,9 @@ void encode_header(const frame_header&, std::span<std::uint8_t, header_size> out
 std::array<std::uint8_t, header_size> encode_header(const frame_header&);
 
 // Big-endian helpers used by the payload codecs.
-inline std::uint16_t load_u16(const std::uint8_t* p) { return std::uint16_t(p[0] << 8 | p[1]); }
+inline std::uint16_t load_u16(const std::uint8_t* p) {
+  return std::uint16_t(p[0] << 8 | p[1]);
+}
 inline std::uint32_t load_u32(const std::uint8_t* p) {
   return std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | std::uint32_t(p[2]) << 8 | p[3];
 }

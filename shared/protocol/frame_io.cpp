@@ -4,9 +4,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 
 namespace culvert::shared::protocol {
@@ -20,7 +20,8 @@ asio::awaitable<read_result> read_frame(net::transport& stream) {
   auto [ec, n] = co_await stream.read_exactly(asio::buffer(head));
   if (ec && n == 0 && (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated))
     co_return read_failure{read_failure::kind::closed, "connection closed"};
-  if (ec == asio::error::eof) co_return read_failure{read_failure::kind::malformed, "truncated frame"};
+  if (ec == asio::error::eof)
+    co_return read_failure{read_failure::kind::malformed, "truncated frame"};
   if (ec) co_return read_failure{read_failure::kind::io_error, net::describe_tls_error(ec)};
   auto decoded = decode_header(std::span<const std::uint8_t, header_size>(head));
   if (auto* e = std::get_if<decode_error>(&decoded))
@@ -29,7 +30,8 @@ asio::awaitable<read_result> read_frame(net::transport& stream) {
   f.payload.resize(f.header.length);
   if (f.header.length > 0) {
     auto [ec2, n2] = co_await stream.read_exactly(asio::buffer(f.payload));
-    if (ec2 == asio::error::eof) co_return read_failure{read_failure::kind::malformed, "truncated frame"};
+    if (ec2 == asio::error::eof)
+      co_return read_failure{read_failure::kind::malformed, "truncated frame"};
     if (ec2) co_return read_failure{read_failure::kind::io_error, net::describe_tls_error(ec2)};
   }
   co_return f;

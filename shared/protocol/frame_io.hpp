@@ -4,13 +4,12 @@
 // be handed to another process right after a DATA_INIT.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <string>
 #include <variant>
 #include <vector>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/ip/tcp.hpp>
 
 #include "shared/net/transport.hpp"
 #include "shared/protocol/frame.hpp"

@@ -185,22 +185,36 @@ std::optional<data_init_message> decode_data_init(std::span<const std::uint8_t> 
   return m;
 }
 
-encoded_frame encode_empty(frame_type type) { return writer(type).finish(); }
+encoded_frame encode_empty(frame_type type) {
+  return writer(type).finish();
+}
 
 std::string_view to_string(error_code c) {
   switch (c) {
-    case error_code::protocol_error: return "protocol_error";
-    case error_code::bad_token: return "bad_token";
-    case error_code::name_taken: return "name_taken";
-    case error_code::name_invalid: return "name_invalid";
-    case error_code::no_capacity: return "no_capacity";
-    case error_code::version_mismatch: return "version_mismatch";
-    case error_code::handshake_timeout: return "handshake_timeout";
-    case error_code::bad_secret: return "bad_secret";
-    case error_code::internal: return "internal";
-    case error_code::shutting_down: return "shutting_down";
-    case error_code::unknown_tunnel: return "unknown_tunnel";
-    case error_code::overloaded: return "overloaded";
+    case error_code::protocol_error:
+      return "protocol_error";
+    case error_code::bad_token:
+      return "bad_token";
+    case error_code::name_taken:
+      return "name_taken";
+    case error_code::name_invalid:
+      return "name_invalid";
+    case error_code::no_capacity:
+      return "no_capacity";
+    case error_code::version_mismatch:
+      return "version_mismatch";
+    case error_code::handshake_timeout:
+      return "handshake_timeout";
+    case error_code::bad_secret:
+      return "bad_secret";
+    case error_code::internal:
+      return "internal";
+    case error_code::shutting_down:
+      return "shutting_down";
+    case error_code::unknown_tunnel:
+      return "unknown_tunnel";
+    case error_code::overloaded:
+      return "overloaded";
   }
   return "unknown_error";
 }

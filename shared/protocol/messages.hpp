@@ -44,8 +44,8 @@ struct reclaim_request {
 struct init_message {
   std::uint16_t version = protocol_version;
   tunnel_kind kind = tunnel_kind::http;
-  std::string token;                   // <= 255 bytes
-  std::string subdomain;               // <= 63 bytes, empty = let the server choose
+  std::string token;                       // <= 255 bytes
+  std::string subdomain;                   // <= 63 bytes, empty = let the server choose
   std::optional<reclaim_request> reclaim;  // ask for a held tunnel back
 };
 

@@ -1,13 +1,13 @@
 // OpenSSL set-up for control (certificate) and data (external PSK) connections, TLS 1.3 only.
 #include "shared/tls/tls_contexts.hpp"
 
-#include <cstring>
-#include <stdexcept>
-
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include <cstring>
+#include <stdexcept>
 
 #include "shared/util/random.hpp"
 

@@ -7,15 +7,15 @@
 // Used by the supervisor, the worker and the client. Every failure throws with a readable text.
 #pragma once
 
+#include <openssl/ssl.h>
+
 #include <array>
+#include <boost/asio/ssl/context.hpp>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
-
-#include <boost/asio/ssl/context.hpp>
-#include <openssl/ssl.h>
 
 #include "shared/protocol/messages.hpp"
 
@@ -34,8 +34,8 @@ std::unique_ptr<boost::asio::ssl::context> make_server_context(const std::string
                                                                const std::string& key_file);
 
 struct client_trust {
-  std::string ca_file;   // empty: the system's default store
-  bool insecure = false; // skip verification entirely (development only)
+  std::string ca_file;    // empty: the system's default store
+  bool insecure = false;  // skip verification entirely (development only)
 };
 // Client: verifies the server's certificate chain; the host name is checked per connection.
 std::unique_ptr<boost::asio::ssl::context> make_client_context(const client_trust&);

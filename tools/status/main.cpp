@@ -1,8 +1,7 @@
 // culvert-status: prints the tunnels of a running culvert supervisor, read-only, from its
 // shared-memory table. Run by the operator, as any user; it never signals or writes anything.
-#include <iostream>
-
 #include <CLI/CLI.hpp>
+#include <iostream>
 
 #include "tools/status/status_report.hpp"
 

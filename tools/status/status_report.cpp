@@ -31,13 +31,15 @@ std::string number_or_dash(std::int64_t value) {
   return value == 0 ? "-" : std::to_string(value);
 }
 
-std::string text_or_dash(std::string text) { return text.empty() ? "-" : text; }
+std::string text_or_dash(std::string text) {
+  return text.empty() ? "-" : text;
+}
 
 // Instance names become part of a shm_open() name: a '/' or a NUL would address something else.
 bool valid_instance(std::string_view instance) {
   return !instance.empty() && std::all_of(instance.begin(), instance.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
   });
 }
 
@@ -144,8 +146,8 @@ std::string to_table(const ipc::table_header& header,
   std::vector<row> rows{
       {"DOMAIN", "PORT", "PID", "CLIENT", "STATE", "KIND", "UPTIME", "OPEN", "TOTAL", "IN", "OUT"}};
   // Numbers line up on the right, names on the left.
-  const std::vector<bool> right = {false, true,  true, false, false, false,
-                                   true,  true,  true, true,  true};
+  const std::vector<bool> right = {false, true, true, false, false, false,
+                                   true,  true, true, true,  true};
   for (const auto& tunnel : tunnels) {
     const auto& id = tunnel.identity;
     rows.push_back({
@@ -181,8 +183,8 @@ std::string to_table(const ipc::table_header& header,
 
 int run_status(const status_options& options, std::ostream& out, std::ostream& err) {
   if (!valid_instance(options.instance)) {
-    err << "culvert-status: invalid instance name '" << field_text(options.instance.c_str(),
-                                                                    options.instance.size())
+    err << "culvert-status: invalid instance name '"
+        << field_text(options.instance.c_str(), options.instance.size())
         << "': use letters, digits, '_' and '-'\n";
     return 1;
   }
@@ -201,8 +203,8 @@ int run_status(const status_options& options, std::ostream& out, std::ostream& e
     }
     out.flush();
     if (!supervisor_running(reader.header())) {
-      err << "culvert-status: supervisor pid " << reader.header().supervisor_pid
-          << " recorded in " << segment
+      err << "culvert-status: supervisor pid " << reader.header().supervisor_pid << " recorded in "
+          << segment
           << " is not running; this table was left behind by a supervisor that crashed\n";
       return 1;
     }

@@ -56,8 +56,10 @@ TEST_CASE("keep-alive and pipelined requests are matched in order", "[http_log]"
       "PUT /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
       "HEAD /b HTTP/1.1\r\n\r\n");
   h.response("HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 5);
-  h.response("HTTP/1.1 404 Not Found\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-             "4;ext=1\r\nnope\r\n3\r\n!!!\r\n0\r\nX-Trailer: 1\r\n\r\n", 4);
+  h.response(
+      "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+      "4;ext=1\r\nnope\r\n3\r\n!!!\r\n0\r\nX-Trailer: 1\r\n\r\n",
+      4);
   h.response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
   h.response("HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n");  // HEAD: no body follows
   REQUIRE(h.seen.size() == 4);

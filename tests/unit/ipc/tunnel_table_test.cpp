@@ -233,7 +233,9 @@ TEST_CASE("a segment left by a dead supervisor is replaced", "[tunnel_table]") {
   SECTION("it records this very process") {
     write_raw_segment(name, table_size(8), valid_header(::getpid(), 8));
   }
-  SECTION("it was never initialized") { write_raw_segment(name, 0, {}); }
+  SECTION("it was never initialized") {
+    write_raw_segment(name, 0, {});
+  }
   SECTION("it is something else entirely") {
     auto header = valid_header(::getpid(), 8);
     header.magic = 0x1234;

@@ -90,7 +90,8 @@ hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_
   auto session = std::make_shared<net::mux_session>(net::transport(std::move(ours)), role, settings,
                                                     std::move(hooks), pool);
   session->start();
-  if (role == net::mux_session::role::server) REQUIRE(session->open_stream(std::move(visitor_in), "1.2.3.4:5"));
+  if (role == net::mux_session::role::server)
+    REQUIRE(session->open_stream(std::move(visitor_in), "1.2.3.4:5"));
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
@@ -153,10 +154,12 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
   server_hooks.on_stream_closed = [&](const net::stream_report& r) { reports.push_back(r); };
   net::mux_settings settings;
   settings.initial_window = 16 * 1024;  // much smaller than the transfer: credit must flow
-  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)), net::mux_session::role::server,
-                                                   settings, std::move(server_hooks), pool);
-  auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)), net::mux_session::role::client,
-                                                   settings, std::move(client_hooks), pool);
+  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
+                                                   net::mux_session::role::server, settings,
+                                                   std::move(server_hooks), pool);
+  auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
+                                                   net::mux_session::role::client, settings,
+                                                   std::move(client_hooks), pool);
   server->start();
   client->start();
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
@@ -200,7 +203,8 @@ TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
   net::buffer_pool pool;
   auto [worker_end, client_end] = loopback_pair(io);
   auto [visitor, visitor_accepted] = loopback_pair(io);
-  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)), net::mux_session::role::server,
+  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
+                                                   net::mux_session::role::server,
                                                    net::mux_settings{}, net::mux_hooks{}, pool);
   server->start();
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));

@@ -11,7 +11,7 @@ using proto::frame_type;
 namespace {
 
 std::array<std::uint8_t, proto::header_size> raw_header(std::uint32_t length, std::uint8_t type,
-                                                         std::uint8_t flags, std::uint32_t stream) {
+                                                        std::uint8_t flags, std::uint32_t stream) {
   std::array<std::uint8_t, proto::header_size> out{};
   proto::store_u32(out.data(), length);
   out[4] = type;
@@ -41,14 +41,20 @@ TEST_CASE("frame headers round-trip for every type", "[frame]") {
     std::uint32_t stream;
   };
   const sample samples[] = {
-      {frame_type::init, 40, 0, 0},           {frame_type::domain, 100, 0, 0},
-      {frame_type::ack, 0, 0, 0},             {frame_type::error, 30, 0, 0},
-      {frame_type::ping, 8, proto::flags::ack, 0}, {frame_type::ping, 8, 0, 0},
-      {frame_type::data_init, 42, 0, 0},      {frame_type::data_ready, 0, 0, 0},
-      {frame_type::reopen, 0, 0, 0},          {frame_type::data_route, 10, 0, 0},
+      {frame_type::init, 40, 0, 0},
+      {frame_type::domain, 100, 0, 0},
+      {frame_type::ack, 0, 0, 0},
+      {frame_type::error, 30, 0, 0},
+      {frame_type::ping, 8, proto::flags::ack, 0},
+      {frame_type::ping, 8, 0, 0},
+      {frame_type::data_init, 42, 0, 0},
+      {frame_type::data_ready, 0, 0, 0},
+      {frame_type::reopen, 0, 0, 0},
+      {frame_type::data_route, 10, 0, 0},
       {frame_type::open, 20, 0, 7},
       {frame_type::data, 65536, proto::flags::fin, 0xFFFFFFFF},
-      {frame_type::data, 0, proto::flags::fin, 1}, {frame_type::window, 4, 0, 3},
+      {frame_type::data, 0, proto::flags::fin, 1},
+      {frame_type::window, 4, 0, 3},
       {frame_type::reset, 4, 0, 9},
   };
   for (const auto& s : samples) {

@@ -10,8 +10,8 @@ namespace {
 // The payload part of an encoded frame, after checking its header agrees with it.
 std::vector<std::uint8_t> payload_of(const proto::encoded_frame& frame, proto::frame_type type) {
   REQUIRE(frame.size() >= proto::header_size);
-  auto decoded = proto::decode_header(std::span<const std::uint8_t, proto::header_size>(
-      frame.data(), proto::header_size));
+  auto decoded = proto::decode_header(
+      std::span<const std::uint8_t, proto::header_size>(frame.data(), proto::header_size));
   REQUIRE(std::holds_alternative<proto::frame_header>(decoded));
   const auto& h = std::get<proto::frame_header>(decoded);
   CHECK(h.type == type);
@@ -129,8 +129,8 @@ TEST_CASE("ERROR round-trips, caps its text, keeps unknown codes", "[messages]")
   check_truncations_rejected(payload, proto::decode_error_message);
 
   proto::error_message longer{proto::error_code::internal, std::string(5000, 'x')};
-  auto capped = proto::decode_error_message(
-      payload_of(proto::encode(longer), proto::frame_type::error));
+  auto capped =
+      proto::decode_error_message(payload_of(proto::encode(longer), proto::frame_type::error));
   REQUIRE(capped);
   CHECK(capped->message.size() == 512);
 
@@ -160,8 +160,8 @@ TEST_CASE("DATA_INIT round-trips and rejects malformed payloads", "[messages]") 
 }
 
 TEST_CASE("empty frames carry only a header", "[messages]") {
-  for (auto type : {proto::frame_type::ack, proto::frame_type::data_ready,
-                    proto::frame_type::reopen}) {
+  for (auto type :
+       {proto::frame_type::ack, proto::frame_type::data_ready, proto::frame_type::reopen}) {
     auto frame = proto::encode_empty(type);
     CHECK(payload_of(frame, type).empty());
   }

@@ -569,7 +569,8 @@ TEST_CASE("tokens_file and the per-token and per-address limits", "[config][toke
   REQUIRE(by_flag.cfg);
   CHECK(by_flag.cfg->tokens_file == "/etc/culvert/tokens.toml");
   CHECK(load_toml("[server]\ntokens_file = \"t.toml\"\n", "f.toml").tokens_file == "t.toml");
-  CHECK_THAT(load_error("[server]\ntokens_file = 1\n"), Catch::Contains("tokens_file must be a string"));
+  CHECK_THAT(load_error("[server]\ntokens_file = 1\n"),
+             Catch::Contains("tokens_file must be a string"));
   CHECK(load_error("[server]\nauth_failure_delay_ms = 60001\n") ==
         "test.toml: line 2: auth_failure_delay_ms must be between 0 and 60000, got 60001");
 
@@ -582,8 +583,8 @@ TEST_CASE("tokens_file and the per-token and per-address limits", "[config][toke
   CHECK(parse({"--config", file.path.string(), "--token", "t"}).exit_code == 2);
 
   const auto printed = parse({"--tokens-file", "/x/tokens.toml", "--max-tunnels-per-token", "7",
-                              "--max-tunnels-per-address", "8", "--max-handshakes-per-address",
-                              "9", "--auth-failure-delay-ms", "1500", "--print-config"});
+                              "--max-tunnels-per-address", "8", "--max-handshakes-per-address", "9",
+                              "--auth-failure-delay-ms", "1500", "--print-config"});
   REQUIRE(printed.exit_code == 0);
   CHECK_THAT(printed.output, Catch::Contains("tokens_file = \"/x/tokens.toml\"") &&
                                  Catch::Contains("auth_failure_delay_ms = 1500"));
