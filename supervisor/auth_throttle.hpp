@@ -31,6 +31,11 @@ class auth_throttle {
 
   auth_throttle() : auth_throttle(auth_throttle_settings{}) {}
   explicit auth_throttle(auth_throttle_settings);
+  // by_source_ points into records_: a copy would point into the original, a move carries both.
+  auth_throttle(auth_throttle&&) = default;
+  auth_throttle& operator=(auth_throttle&&) = default;
+  auth_throttle(const auth_throttle&) = delete;
+  auth_throttle& operator=(const auth_throttle&) = delete;
 
   // How long to wait before refusing a bad token from `source`: base_delay << recent failures,
   // at most max(base_delay, max_delay). Call before record_failure for the same attempt.

@@ -408,6 +408,14 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
       domains_.give_back(name.domain);
       name = std::move(next);
     }
+    if (init.subdomain.empty() && name.status == domain_pool::result::ok &&
+        tokens_.reserved_by_other(who, label_of(name.domain))) {
+      domains_.give_back(name.domain);
+      spdlog::warn("{}: refused: only reserved generated names were drawn", peer_text);
+      co_await proto::refuse(stream, proto::error_code::no_capacity,
+                             "no free generated name; ask for a name (--subdomain)");
+      co_return;
+    }
     if (name.status != domain_pool::result::ok) {
       const auto code =
           name.status == domain_pool::result::name_taken     ? proto::error_code::name_taken

@@ -16,8 +16,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -145,15 +145,16 @@ void check_file_mode(const std::string& path, const struct stat& st,
 std::string read_checked(const std::string& path, std::vector<std::string>* warnings) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
-    throw config_error("cannot open tokens file " + shown(path) + ": open: " + std::strerror(errno));
+    throw config_error("cannot open tokens file " + shown(path) +
+                       ": open: " + std::strerror(errno));
   struct fd_closer {
     int fd;
     ~fd_closer() { ::close(fd); }
   } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0)
-    throw config_error("cannot check tokens file " + shown(path) + ": fstat: " +
-                       std::strerror(errno));
+    throw config_error("cannot check tokens file " + shown(path) +
+                       ": fstat: " + std::strerror(errno));
   check_file_mode(path, st, warnings);
   std::string text;
   char buffer[4096];
@@ -161,8 +162,8 @@ std::string read_checked(const std::string& path, std::vector<std::string>* warn
     const ssize_t n = ::read(fd, buffer, sizeof buffer);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0)
-      throw config_error("cannot read tokens file " + shown(path) + ": read: " +
-                         std::strerror(errno));
+      throw config_error("cannot read tokens file " + shown(path) +
+                         ": read: " + std::strerror(errno));
     if (n == 0) break;
     text.append(buffer, std::size_t(n));
     if (text.size() > token_registry::max_file_bytes)
@@ -201,7 +202,8 @@ token_registry::token_registry()
 void token_registry::add(token_policy policy, const digest& hash, const std::string& where) {
   for (const entry& other : entries_) {
     if (other.policy.name == policy.name)
-      throw config_error(where + "name " + shown(policy.name) + " is already used by another token");
+      throw config_error(where + "name " + shown(policy.name) +
+                         " is already used by another token");
     if (CRYPTO_memcmp(other.hash.data(), hash.data(), hash.size()) == 0)
       throw config_error(where + "token " + shown(policy.name) + " has the same secret as " +
                          shown(other.policy.name));
@@ -229,8 +231,7 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
     if (key.str() != "token")
       throw config_error(key_at + "unknown key " + shown(key.str()) +
                          " (each token is a [[token]] table)");
-    if (!node.is_array_of_tables())
-      throw config_error(key_at + "token must be [[token]] tables");
+    if (!node.is_array_of_tables()) throw config_error(key_at + "token must be [[token]] tables");
     for (const toml::node& item : *node.as_array()) {
       const toml::table& table = *item.as_table();
       const std::string where = at(source, item);
@@ -244,8 +245,9 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
         if (field == "name") {
           const auto* text = value.as_string();
           if (!text || !valid_name(text->get()))
-            throw config_error(here + "name must be 1-64 characters of A-Z, a-z, 0-9, '-', '_', "
-                                      "'.' and '@'" +
+            throw config_error(here +
+                               "name must be 1-64 characters of A-Z, a-z, 0-9, '-', '_', "
+                               "'.' and '@'" +
                                (text ? ", got " + shown(text->get()) : std::string()));
           policy.name = text->get();
           has_name = true;
@@ -262,8 +264,9 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
           } else {
             hash = parse_hex_digest(secret);
             if (!hash)
-              throw config_error(here + "sha256 must be 64 hexadecimal digits (the output of "
-                                        "'printf %s TOKEN | sha256sum')");
+              throw config_error(here +
+                                 "sha256 must be 64 hexadecimal digits (the output of "
+                                 "'printf %s TOKEN | sha256sum')");
           }
         } else if (field == "max_tunnels") {
           const auto* number = value.as_integer();
@@ -272,22 +275,24 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
                                std::to_string(limits::max_tunnels));
           policy.max_tunnels = std::uint32_t(number->get());
         } else if (field == "subdomains") {
-          policy.subdomains =
-              string_list(value, source, field, [](const std::string& p) -> std::optional<std::string> {
+          policy.subdomains = string_list(
+              value, source, field, [](const std::string& p) -> std::optional<std::string> {
                 if (valid_pattern(p)) return std::nullopt;
                 return "must be 1-63 characters of a-z, 0-9, '-' and '*', got " + shown(p);
               });
           if (policy.subdomains.empty())
             throw config_error(here + "subdomains must not be empty (leave it out for any name)");
         } else if (field == "reserved") {
-          policy.reserved =
-              string_list(value, source, field, [](const std::string& label) -> std::optional<std::string> {
-                if (auto why = domain_pool::check_label(label)) return *why + ", got " + shown(label);
-                return std::nullopt;
-              });
+          policy.reserved = string_list(value, source, field,
+                                        [](const std::string& label) -> std::optional<std::string> {
+                                          if (auto why = domain_pool::check_label(label))
+                                            return *why + ", got " + shown(label);
+                                          return std::nullopt;
+                                        });
         } else {
-          throw config_error(at(source, value) + "unknown key " + shown(field) +
-                             " in [[token]] (name, token, sha256, max_tunnels, subdomains, reserved)");
+          throw config_error(
+              at(source, value) + "unknown key " + shown(field) +
+              " in [[token]] (name, token, sha256, max_tunnels, subdomains, reserved)");
         }
       }
       if (!has_name) throw config_error(where + "[[token]] needs a name");
@@ -297,13 +302,13 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
     }
   }
   if (registry.open())
-    throw config_error(source + ": defines no [[token]]; leave out --tokens-file to accept any "
-                                "client");
+    throw config_error(source +
+                       ": defines no [[token]]; leave out --tokens-file to accept any "
+                       "client");
   return registry;
 }
 
-token_registry token_registry::load_file(const std::string& path,
-                                         std::uint32_t default_max_tunnels,
+token_registry token_registry::load_file(const std::string& path, std::uint32_t default_max_tunnels,
                                          std::vector<std::string>* warnings) {
   return parse(read_checked(path, warnings), path, default_max_tunnels);
 }
@@ -313,9 +318,8 @@ token_registry token_registry::from_tokens(const std::vector<std::string>& token
   token_registry registry;
   for (const std::string& token : tokens) {
     const digest hash = sha256(token);
-    const bool repeated =
-        std::any_of(registry.entries_.begin(), registry.entries_.end(),
-                    [&](const entry& e) { return e.hash == hash; });
+    const bool repeated = std::any_of(registry.entries_.begin(), registry.entries_.end(),
+                                      [&](const entry& e) { return e.hash == hash; });
     if (repeated) continue;
     token_policy policy;
     policy.name = "token-" + std::to_string(registry.entries_.size() + 1);
@@ -343,9 +347,8 @@ const token_policy* token_registry::authenticate(std::string_view presented) con
 bool token_registry::reserved_by_other(const token_policy* who, std::string_view label) const {
   const std::string lower = to_lower(label);
   for (const entry& e : entries_)
-    if (&e.policy != who &&
-        std::find(e.policy.reserved.begin(), e.policy.reserved.end(), lower) !=
-            e.policy.reserved.end())
+    if (&e.policy != who && std::find(e.policy.reserved.begin(), e.policy.reserved.end(), lower) !=
+                                e.policy.reserved.end())
       return true;
   return false;
 }

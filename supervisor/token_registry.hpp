@@ -65,7 +65,7 @@ class token_registry {
                                                   std::string_view label) const;
   // For generated names: true if some token other than `who` reserved `label`.
   bool reserved_by_other(const token_policy* who, std::string_view label) const;
-  bool is_reserved(std::string_view label) const;  // by any token
+  bool is_reserved(std::string_view label) const;         // by any token
   const token_policy* find(std::string_view name) const;  // by policy name, for status
 
  private:

@@ -30,7 +30,8 @@ class usage_counter {
 
    private:
     friend class usage_counter;
-    lease(std::shared_ptr<counts> c, std::string key) : counts_(std::move(c)), key_(std::move(key)) {}
+    lease(std::shared_ptr<counts> c, std::string key)
+        : counts_(std::move(c)), key_(std::move(key)) {}
     void release() noexcept;
 
     std::shared_ptr<counts> counts_;  // empty once moved from

@@ -51,10 +51,8 @@ TEST_CASE("failures are forgotten after a quiet period or a success", "[tokens][
 }
 
 TEST_CASE("the throttle tracks a bounded number of sources", "[tokens][throttle]") {
-  auth_throttle throttle(auth_throttle_settings{.base_delay = 100ms,
-                                                .max_delay = 1s,
-                                                .forget_after = 10min,
-                                                .max_sources = 3});
+  auth_throttle throttle(auth_throttle_settings{
+      .base_delay = 100ms, .max_delay = 1s, .forget_after = 10min, .max_sources = 3});
   const auto t0 = clock_type::time_point{} + 1h;
   throttle.record_failure("a", t0);
   throttle.record_failure("b", t0 + 1s);

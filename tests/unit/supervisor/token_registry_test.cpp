@@ -95,9 +95,9 @@ TEST_CASE("a tokens file gives each token its own policy", "[tokens]") {
 TEST_CASE("every kind of bad token is refused the same way", "[tokens]") {
   const auto registry = token_registry::parse(two_tokens, "tokens.toml", 16);
   for (const std::string& bad :
-       {std::string(), std::string("alice-secret-token-000"), std::string("alice-secret-token-0001 "),
-        std::string("ALICE-SECRET-TOKEN-0001"), std::string(255, 'x'),
-        std::string("alice-secret-token-0001\0", 24)}) {
+       {std::string(), std::string("alice-secret-token-000"),
+        std::string("alice-secret-token-0001 "), std::string("ALICE-SECRET-TOKEN-0001"),
+        std::string(255, 'x'), std::string("alice-secret-token-0001\0", 24)}) {
     INFO("presented " << bad.size() << " bytes");
     CHECK(registry.authenticate(bad) == nullptr);
   }
@@ -122,8 +122,9 @@ TEST_CASE("sha256 entries keep only the digest in the file", "[tokens]") {
 }
 
 TEST_CASE("tokens file errors name the file, line and entry, never the secret", "[tokens]") {
-  CHECK(parse_error("") == "tokens.toml: defines no [[token]]; leave out --tokens-file to accept "
-                           "any client");
+  CHECK(parse_error("") ==
+        "tokens.toml: defines no [[token]]; leave out --tokens-file to accept "
+        "any client");
   CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \n"),
              Catch::StartsWith("tokens.toml: line 3: "));
   CHECK_THAT(parse_error("tokens = 1\n"),
@@ -145,27 +146,33 @@ TEST_CASE("tokens file errors name the file, line and entry, never the secret", 
   CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nsha256 = \"" +
                          std::string(64, 'a') + "\"\n"),
              Catch::Contains(": give token or sha256, not both"));
-  CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nmax_tunnels = 0\n"),
-             Catch::Contains("line 4: max_tunnels must be an integer between 1 and 65536"));
-  CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nmax_tunnels = \"2\"\n"),
-             Catch::Contains("max_tunnels must be an integer"));
   CHECK_THAT(
-      parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nsubdomains = [\"a.b\"]\n"),
+      parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nmax_tunnels = 0\n"),
+      Catch::Contains("line 4: max_tunnels must be an integer between 1 and 65536"));
+  CHECK_THAT(
+      parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nmax_tunnels = \"2\"\n"),
+      Catch::Contains("max_tunnels must be an integer"));
+  CHECK_THAT(
+      parse_error(
+          "[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nsubdomains = [\"a.b\"]\n"),
       Catch::Contains("line 4: subdomains[0] must be 1-63 characters of a-z, 0-9, '-' and '*', "
                       "got 'a.b'"));
-  CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nsubdomains = []\n"),
-             Catch::Contains("subdomains must not be empty"));
+  CHECK_THAT(
+      parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nsubdomains = []\n"),
+      Catch::Contains("subdomains must not be empty"));
   CHECK_THAT(
       parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nreserved = [\"-x\"]\n"),
       Catch::Contains("line 4: reserved[0] must not start or end with '-'"));
-  CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nreserved = \"x\"\n"),
-             Catch::Contains("reserved must be an array of strings"));
+  CHECK_THAT(
+      parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nreserved = \"x\"\n"),
+      Catch::Contains("reserved must be an array of strings"));
   CHECK_THAT(parse_error("[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nlimit = 3\n"),
              Catch::Contains("line 4: unknown key 'limit' in [[token]]"));
 }
 
 TEST_CASE("names, secrets and reserved names must be unique across tokens", "[tokens]") {
-  const std::string a = "[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nreserved = [\"x\"]\n";
+  const std::string a =
+      "[[token]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nreserved = [\"x\"]\n";
   CHECK_THAT(parse_error(a + "[[token]]\nname = \"a\"\ntoken = \"fedcba9876543210\"\n"),
              Catch::StartsWith("tokens.toml: line 5: name 'a' is already used"));
   CHECK_THAT(parse_error(a + "[[token]]\nname = \"b\"\ntoken = \"0123456789abcdef\"\n"),
@@ -268,11 +275,11 @@ TEST_CASE("the tokens file must not be readable or writable by others", "[tokens
   CHECK_THAT(warnings[0], Catch::Contains("readable by its group (mode 0640)"));
 
   const temp_tokens world_readable(two_tokens, 0644);
-  CHECK_THAT(load_error(world_readable),
-             Catch::Contains("is readable by every user (mode 0644)") &&
-                 Catch::Contains("chmod 600"));
+  CHECK_THAT(load_error(world_readable), Catch::Contains("is readable by every user (mode 0644)") &&
+                                             Catch::Contains("chmod 600"));
   const temp_tokens group_writable(two_tokens, 0660);
-  CHECK_THAT(load_error(group_writable), Catch::Contains("writable by group or others (mode 0660)"));
+  CHECK_THAT(load_error(group_writable),
+             Catch::Contains("writable by group or others (mode 0660)"));
   const temp_tokens world_writable(two_tokens, 0602);
   CHECK_THAT(load_error(world_writable), Catch::Contains("writable by group or others"));
 
@@ -282,25 +289,27 @@ TEST_CASE("the tokens file must not be readable or writable by others", "[tokens
     CHECK_THAT(load_error(foreign), Catch::Contains("is owned by uid 4242"));
   }
 
-  CHECK_THAT([] {
-    try {
-      token_registry::load_file("/nonexistent/tokens.toml", 16);
-    } catch (const config_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(accepted)");
-  }(),
-             Catch::Contains("cannot open tokens file '/nonexistent/tokens.toml': open: No such "
-                             "file"));
-  CHECK_THAT([] {
-    try {
-      token_registry::load_file(std::filesystem::temp_directory_path().string(), 16);
-    } catch (const config_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(accepted)");
-  }(),
-             Catch::Contains("is not a regular file"));
+  CHECK_THAT(
+      [] {
+        try {
+          token_registry::load_file("/nonexistent/tokens.toml", 16);
+        } catch (const config_error& e) {
+          return std::string(e.what());
+        }
+        return std::string("(accepted)");
+      }(),
+      Catch::Contains("cannot open tokens file '/nonexistent/tokens.toml': open: No such "
+                      "file"));
+  CHECK_THAT(
+      [] {
+        try {
+          token_registry::load_file(std::filesystem::temp_directory_path().string(), 16);
+        } catch (const config_error& e) {
+          return std::string(e.what());
+        }
+        return std::string("(accepted)");
+      }(),
+      Catch::Contains("is not a regular file"));
   CHECK_THAT(load_error(temp_tokens("[[token]]\nname = \"a\"\n", 0600)),
              Catch::Contains(": line 1: ") && Catch::Contains("needs token or sha256"));
 }
