@@ -18,6 +18,8 @@ import traceback
 
 BIN = os.environ.get("CULVERT_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 HERE = os.path.dirname(os.path.abspath(__file__))
+CRASH = re.compile(r"ERROR: (?:Address|Leak|Thread)Sanitizer.*|runtime error: .*|"
+                   r"killed by SIG(?:SEGV|ABRT|BUS|FPE|ILL).*")
 
 
 def wait_until(predicate, timeout, what):
@@ -137,6 +139,16 @@ class Environment:
             s.close()
         for p in reversed(self.processes):
             p.stop()
+        if kind is None:
+            # A crash or a sanitizer report in any program fails the test, even one whose
+            # bytes all arrived (a worker dying at shutdown, a leak found at exit).
+            for p in self.processes:
+                crash = CRASH.search(p.stderr())
+                if crash:
+                    kind, value = AssertionError, AssertionError(
+                        f"{p.name} reported: {crash.group(0)}")
+                    print(f"----- {p.name}\n{p.stderr()[-6000:]}", file=sys.stderr)
+                    raise value
         if kind is not None:
             for p in self.processes:
                 print(f"----- {p.name} {' '.join(p.args)}\n--- stdout:\n{p.stdout()[-4000:]}"
