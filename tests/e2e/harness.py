@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import socketserver
@@ -17,6 +18,42 @@ import time
 import traceback
 
 BIN = os.environ.get("CULVERT_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
+
+
+def reachable_by_nobody(path):
+    """Whether the unprivileged account a root supervisor drops to can execute `path`."""
+    try:
+        return subprocess.run(["test", "-x", path], user=65534, group=65534,
+                              extra_groups=[], timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _usable_bin(directory):
+    """Run as root, the supervisor drops to `nobody`, which must be able to execute the worker.
+    A checkout under a private directory (/root, mode 0700) is not: test from a copy of the
+    programs in a world-readable place instead, made once per build."""
+    worker = os.path.join(directory, "culvert-worker")
+    if os.geteuid() != 0 or reachable_by_nobody(worker):
+        return directory
+    stamp = "-".join(str(int(os.stat(os.path.join(directory, n)).st_mtime))
+                     for n in ("culvert-supervisor", "culvert-worker", "culvert", "culvert-status"))
+    copy = os.path.join(tempfile.gettempdir(),
+                        f"culvert-e2e-bin-{hashlib.sha256((directory + stamp).encode()).hexdigest()[:16]}")
+    if not os.path.exists(os.path.join(copy, "done")):
+        staging = tempfile.mkdtemp(prefix="culvert-e2e-bin-")
+        for name in ("culvert-supervisor", "culvert-worker", "culvert", "culvert-status"):
+            shutil.copy2(os.path.join(directory, name), staging)
+        os.chmod(staging, 0o755)
+        open(os.path.join(staging, "done"), "w").close()
+        try:
+            os.rename(staging, copy)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another test made it first
+    return copy
+
+
+BIN = _usable_bin(os.path.abspath(BIN))
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRASH = re.compile(r"ERROR: (?:Address|Leak|Thread)Sanitizer.*|runtime error: .*|"
                    r"killed by SIG(?:SEGV|ABRT|BUS|FPE|ILL).*")
