@@ -33,6 +33,7 @@ struct config {
   std::chrono::seconds heartbeat_timeout{30};  // silence that counts as a lost client
   std::chrono::seconds handshake_timeout{5};
   std::uint32_t max_pending_handshakes = 256;
+  std::uint32_t max_visitors = 16384;  // open visitor connections per tunnel (worker limit)
   std::uint8_t data_connections = 2;  // data connections each client opens (1..16)
   std::string tls_cert, tls_key;      // PEM files; both empty = clear text
   std::string instance = "default";   // names the shared-memory segment /culvert-<instance>
@@ -48,6 +49,7 @@ namespace limits {
 inline constexpr std::uint32_t max_tunnels = 65536;  // one shared-memory slot each
 inline constexpr std::uint32_t max_pending_handshakes = 65536;
 inline constexpr std::uint8_t max_data_connections = 16;
+inline constexpr std::uint32_t max_visitors = 1'000'000;
 inline constexpr std::int64_t max_seconds = 31'536'000;  // one year: far from clock overflow
 // The handshake carries it as 16-bit seconds; an hour is already past any NAT's idle timeout.
 inline constexpr std::int64_t max_heartbeat_interval = 3600;

@@ -595,6 +595,8 @@ void supervisor::start_worker(const tunnel_ptr& t) {
       std::to_string(config_.heartbeat_interval.count() * 1000),
       "--idle-timeout-ms",
       std::to_string(config_.heartbeat_timeout.count() * 1000),
+      "--max-visitors",
+      std::to_string(config_.max_visitors),
   };
   spawn_request.channel_fd = worker_end.native_handle();
   spawn_request.listener_fd = t->listener.native_handle();

@@ -9,7 +9,7 @@ import socket
 import struct
 import time
 
-from harness import Environment, connect, echo_handler, recv_all, run_test
+from harness import Environment, connect, echo_handler, recv_all, run_test, wait_until
 
 HANDSHAKE_TIMEOUT = 1
 ERROR = 4
@@ -134,6 +134,29 @@ def main():
         assert after["domain"] == victim["domain"] and after["state"] == "active", after
         echo_check(client.port)
         print("reclaim with a wrong secret: served as a new tunnel; the victim is untouched")
+
+        # A tunnel at its visitor limit resets the newcomer and keeps serving the others.
+        small = env.supervisor("--max-visitors", "3", name="small-supervisor")
+        limited = env.client(small, "tcp", f"127.0.0.1:{echo.port}", "--no-state")
+        held = [connect(limited.port) for _ in range(3)]
+        for s in held:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+        try:  # on loopback the reset can even beat connect() back
+            extra = connect(limited.port)
+            extra.sendall(b"y")
+            got = extra.recv(1)
+            extra.close()
+        except ConnectionResetError:
+            got = None
+        assert not got, f"a 4th visitor over --max-visitors 3 was served: {got!r}"
+        for s in held:
+            s.sendall(b"z")
+            assert s.recv(1) == b"z"
+            s.close()
+        wait_until(lambda: small.tunnel(limited)["open_connections"] == 0, 10, "visitors closed")
+        echo_check(limited.port)
+        print("visitor limit: the 4th visitor was reset; the 3 others and later ones are served")
 
 
 run_test(main)

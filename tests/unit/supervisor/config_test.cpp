@@ -612,3 +612,13 @@ TEST_CASE("flags holding bytes a TOML file cannot hold are refused", "[config]")
   REQUIRE(result.cfg);
   CHECK(load_toml(to_toml(*result.cfg), "printed.toml") == *result.cfg);
 }
+
+TEST_CASE("max_visitors: default, flag, file and range", "[config]") {
+  CHECK(config{}.max_visitors == 16384);
+  auto from_flag = parse({"--max-visitors", "100"});
+  REQUIRE(from_flag.cfg);
+  CHECK(from_flag.cfg->max_visitors == 100);
+  CHECK(load_toml("[server]\nmax_visitors = 5\n", "test.toml").max_visitors == 5);
+  CHECK(load_error("[server]\nmax_visitors = 0\n") ==
+        "test.toml: line 2: max_visitors must be between 1 and 1000000, got 0");
+}
