@@ -77,7 +77,8 @@ supervisor::supervisor(asio::io_context& io, config cfg)
       ports_(io, config_.public_bind, config_.port_min, config_.port_max),
       worker_path_(config_.worker_path.empty() ? default_worker_path() : config_.worker_path),
       child_signals_(io, SIGCHLD),
-      stop_signals_(io, SIGTERM, SIGINT) {
+      stop_signals_(io, SIGTERM, SIGINT),
+      hangup_signal_(io, SIGHUP) {
   // Read the key and tokens now, while the files are still readable (before any privilege drop).
   if (!config_.tokens_file.empty()) {
     std::vector<std::string> warnings;
@@ -168,6 +169,18 @@ void supervisor::start() {
     if (ec) return;
     spdlog::info("signal {}: shutting down", signal);
     spawn(io_, shutdown(), "shutdown");
+  });
+  wait_for_hangup();
+}
+
+// SIGHUP would end the process without cleaning up; nothing is reloaded yet, so say so.
+void supervisor::wait_for_hangup() {
+  hangup_signal_.async_wait([this](boost::system::error_code ec, int) {
+    if (ec) return;
+    spdlog::warn(
+        "SIGHUP: nothing is reloaded while running; restart the supervisor to apply "
+        "configuration or tokens-file changes");
+    wait_for_hangup();
   });
 }
 
@@ -775,7 +788,8 @@ void supervisor::finish_tunnel(const tunnel_ptr& t) {
   t->state = ipc::slot_state::stopping;
   t->grace_timer.cancel();
   t->stop_timer.cancel();
-  if (t->control) t->control->close("tunnel released");
+  // A link still sending its ERROR closes itself once that is out (bounded by its own timer).
+  if (t->control && !t->control->closing()) t->control->close("tunnel released");
   t->control.reset();
   t->waiting_data.clear();
   boost::system::error_code ignored;

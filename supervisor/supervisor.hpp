@@ -114,6 +114,7 @@ class supervisor {
   void stop_tunnel(const tunnel_ptr&, const std::string& reason);
   void finish_tunnel(const tunnel_ptr&);
   void publish(const tunnel&);
+  void wait_for_hangup();
   std::string public_url(const tunnel&) const;
 
   boost::asio::io_context& io_;
@@ -134,6 +135,7 @@ class supervisor {
   std::uint32_t pending_handshakes_ = 0;
   boost::asio::signal_set child_signals_;
   boost::asio::signal_set stop_signals_;
+  boost::asio::signal_set hangup_signal_;
   bool stopping_ = false;
 };
 
