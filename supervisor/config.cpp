@@ -141,8 +141,9 @@ bool is_utf8(std::string_view text) {
   return true;
 }
 
-reason check_worker_path(std::string_view text) {
-  // exec() would silently cut the path at the NUL and run something else.
+// Any file path: the worker, the tokens file, the TLS certificate and key.
+reason check_path(std::string_view text) {
+  // exec() and open() would silently cut the path at the NUL and use something else.
   if (text.find('\0') != std::string_view::npos) return "must not contain a NUL character";
   // Flags could carry any bytes, but --print-config's TOML must load again with --config.
   if (!is_utf8(text)) return "must be valid UTF-8, got " + shown(text);
@@ -264,7 +265,7 @@ const auto& settings() {
                "--token",
        .get_text = [](const config& c) { return c.tokens_file; },
        .set_text = [](config& c, std::string_view v) { c.tokens_file = v; },
-       .check_text = check_worker_path,  // any path without a NUL; it is read at start
+       .check_text = check_path,  // any path without a NUL; it is read at start
        .empty_means = "none"},
       {.key = "max_tunnels",
        .flag = "--max-tunnels",
@@ -388,7 +389,7 @@ const auto& settings() {
                "must use TLS 1.3",
        .get_text = [](const config& c) { return c.tls_cert; },
        .set_text = [](config& c, std::string_view v) { c.tls_cert = v; },
-       .check_text = check_worker_path,
+       .check_text = check_path,
        .empty_means = "none, clear text"},
       {.key = "tls_key",
        .flag = "--tls-key",
@@ -396,7 +397,7 @@ const auto& settings() {
        .help = "Private key (PEM) of --tls-cert; read once at start, before dropping privileges",
        .get_text = [](const config& c) { return c.tls_key; },
        .set_text = [](config& c, std::string_view v) { c.tls_key = v; },
-       .check_text = check_worker_path,
+       .check_text = check_path,
        .empty_means = "none"},
       {.key = "instance",
        .flag = "--instance",
@@ -411,7 +412,7 @@ const auto& settings() {
        .help = "Worker executable",
        .get_text = [](const config& c) { return c.worker_path; },
        .set_text = [](config& c, std::string_view v) { c.worker_path = v; },
-       .check_text = check_worker_path,
+       .check_text = check_path,
        .empty_means = "culvert-worker in the supervisor's directory"},
       {.key = "user",
        .flag = "--user",

@@ -35,16 +35,4 @@ bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::u
   return diff == 0;
 }
 
-bool equal_constant_time(std::string_view a, std::string_view b) {
-  // Compare over the longer length so the time does not reveal a common prefix.
-  std::size_t n = a.size() > b.size() ? a.size() : b.size();
-  volatile std::uint8_t diff = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < n; ++i) {
-    std::uint8_t x = i < a.size() ? std::uint8_t(a[i]) : 0;
-    std::uint8_t y = i < b.size() ? std::uint8_t(b[i]) : 0;
-    diff = diff | (x ^ y);
-  }
-  return diff == 0;
-}
-
 }  // namespace culvert::shared::util

@@ -4,13 +4,11 @@
 
 #include <cstdint>
 #include <span>
-#include <string_view>
 
 namespace culvert::shared::util {
 
 void fill_random(std::span<std::uint8_t> out);  // OpenSSL RAND_priv_bytes; aborts if it fails
 std::uint64_t random_u64();
 bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b);
-bool equal_constant_time(std::string_view a, std::string_view b);
 
 }  // namespace culvert::shared::util
