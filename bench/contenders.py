@@ -5,10 +5,12 @@ memory) and stop(). Adding a tool (or culvert over TLS) is one more class in CON
 import json
 import os
 import subprocess
+import tempfile
 
 from lib import BIN, Proc, free_port, log, stop_all, wait_port
 
 SOCAT_PORTS = (44000, 44499)
+MIN_RELAY_PORTS = (44500, 44999)
 CULVERT_PORTS = (40000, 43999)
 
 
@@ -48,6 +50,31 @@ class SocatX2:
     def stop(self):
         stop_all(self.procs)
         self.procs = []
+
+
+def min_relay_binary():
+    """bench/helpers/min_relay.c, compiled once per change into the temp directory."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "min_relay.c")
+    out = os.path.join(tempfile.gettempdir(), f"culvert-bench-min_relay-{os.getuid()}")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        subprocess.run(["cc", "-O2", "-Wall", "-pthread", "-o", out + ".new", src], check=True)
+        os.replace(out + ".new", out)
+    return out
+
+
+class MinRelayX2(SocatX2):
+    """Two chained minimal relays (splice, a thread per direction, no framing): the cheapest a
+    tunnel's three TCP legs can be on this machine, so what is left over direct is the legs'."""
+    name = "min relay x2"
+
+    def start(self, origin_port):
+        binary = min_relay_binary()
+        mid = free_port(*MIN_RELAY_PORTS)
+        pub = free_port(*MIN_RELAY_PORTS)
+        for listen, target in ((mid, origin_port), (pub, mid)):
+            self.procs.append(Proc(f"min-relay-{listen}", [binary, str(listen), str(target)]))
+            wait_port(listen)
+        return pub
 
 
 class Supervisor:
@@ -186,5 +213,5 @@ class CulvertHttp(Culvert):
     kind = "http"
 
 
-CONTENDERS = {"direct": Direct, "socat x2": SocatX2, "culvert": Culvert,
-              "culvert http": CulvertHttp}
+CONTENDERS = {"direct": Direct, "socat x2": SocatX2, "min relay x2": MinRelayX2,
+              "culvert": Culvert, "culvert http": CulvertHttp}

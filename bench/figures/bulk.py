@@ -9,7 +9,7 @@ from figures.common import ratio_target, row, start_contenders, stop_contenders,
 from lib import cpu_seconds, descendants, log, wait_until
 from origins import start_iperf3
 
-NAMES = ["direct", "socat x2", "culvert"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert"]
 
 
 def iperf(port, seconds, streams, reverse):
@@ -26,7 +26,7 @@ def iperf(port, seconds, streams, reverse):
 def run(cfg):
     server, port = start_iperf3()
     contenders = start_contenders(NAMES, port)
-    rows, targets = [], []
+    rows, targets, floor_notes = [], [], []
     try:
         for streams, reverse in ((1, False), (8, False), (1, True), (8, True)):
             label = f"{streams} stream{'s' if streams > 1 else ''}, {'download (-R)' if reverse else 'upload'}"
@@ -61,6 +61,10 @@ def run(cfg):
                                         med(rg, "culvert"), med(rg, "socat x2"), 1.2))
             targets.append(ratio_target(f"bulk {label}: culvert >= 0.5x direct",
                                         med(rg, "culvert"), med(rg, "direct"), 0.5))
+            cm, fm, dm = med(rg, "culvert"), med(rg, "min relay x2"), med(rg, "direct")
+            if cm and fm and dm:
+                floor_notes.append(f"{label}: culvert {cm / fm:.2f}x min relay x2, which itself "
+                                   f"reaches {fm / dm:.2f}x direct")
             cu, so = med(rc, "culvert"), med(rc, "socat x2")
             targets.append(target(f"CPU-s/GiB {label}: culvert < socat x2", cu,
                                   None if cu is None or so is None else cu < so,
@@ -72,4 +76,6 @@ def run(cfg):
             "notes": [f"iperf3 -t {cfg.bulk_seconds}, median of {cfg.runs} runs (min-max); "
                       "CPU = utime+stime of every contender process and its children "
                       "(culvert: supervisor + worker + client; socat: both relays and their "
-                      "per-connection forks). iperf3's own CPU is not counted."]}
+                      "per-connection forks). iperf3's own CPU is not counted.",
+                      "min relay x2: two chained splice relays (bench/helpers/min_relay.c), the "
+                      "cheapest three TCP legs can be here. " + "; ".join(floor_notes)]}

@@ -7,7 +7,7 @@ from figures.common import ratio_target, row, start_contenders, stop_contenders
 from lib import log
 from origins import start_nginx
 
-NAMES = ["direct", "socat x2", "culvert", "culvert http"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert http"]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 

@@ -3,8 +3,11 @@
 // invariants and docs/protocol.md for the rules enforced here.
 #include "shared/net/mux_session.hpp"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -68,8 +71,7 @@ struct mux_session::stream {
         send_credit(settings.initial_window),
         recv_credit(settings.initial_window),
         recv_window(settings.initial_window),
-        from_socket_wake(socket.get_executor()),
-        to_socket_wake(socket.get_executor()) {}
+        from_socket_wake(socket.get_executor()) {}
 
   struct pending_bytes {
     chunk data;
@@ -89,8 +91,10 @@ struct mux_session::stream {
   std::size_t in_flight = 0;  // DATA frames with a chunk queued and not yet written
   bool sent_fin = false;
 
-  // peer -> socket
-  std::deque<pending_bytes> pending;
+  // peer -> socket. A vector, not a deque: an empty deque still allocates ~600 bytes, and most
+  // streams are idle with nothing pending.
+  std::vector<pending_bytes> pending;
+  bool socket_writer_running = false;  // peer_to_socket runs only while bytes or a FIN wait
   std::int64_t recv_credit;
   std::uint32_t recv_window;
   std::uint32_t unacked = 0;
@@ -99,7 +103,6 @@ struct mux_session::stream {
   bool socket_shut = false;
 
   asio::steady_timer from_socket_wake;  // credit or a queue slot became free
-  asio::steady_timer to_socket_wake;    // bytes or FIN arrived for the socket
   std::unique_ptr<stream_observer> observer;
   std::uint64_t bytes_from_socket = 0, bytes_to_socket = 0;
 };
@@ -164,7 +167,14 @@ void mux_session::start_relays(const stream_ptr& s) {
   s->socket.non_blocking(true, ec);
   auto ex = connection_.get_executor();
   spawn(ex, socket_to_peer(s), "stream relay (socket to peer)");
-  spawn(ex, peer_to_socket(s), "stream relay (peer to socket)");
+  if (!s->pending.empty() || s->peer_fin) start_socket_writer(s);
+}
+
+void mux_session::start_socket_writer(const stream_ptr& s) {
+  if (!s->connected || s->closed) return;  // start_relays starts it once the dial succeeds
+  if (s->socket_writer_running) return;    // it picks the new bytes up after its current write
+  s->socket_writer_running = true;
+  spawn(connection_.get_executor(), peer_to_socket(s), "stream relay (peer to socket)");
 }
 
 void mux_session::close(const std::string& reason) {
@@ -185,11 +195,14 @@ void mux_session::close(const std::string& reason) {
 
 asio::awaitable<void> mux_session::read_loop() {
   auto self = shared_from_this();
-  std::vector<std::uint8_t> buffer(read_buffer_size);
-  std::size_t begin = 0, end = 0;
+  // Left uninitialised: a page costs memory only once a read has written to it.
+  read_buffer_.reset(new std::uint8_t[read_buffer_size]);
+  std::uint8_t* const buffer = read_buffer_.get();
+  std::size_t& begin = read_begin_;
+  std::size_t& end = read_end_;
   while (open_) {
     auto [ec, n] =
-        co_await connection_.read_some(asio::buffer(buffer.data() + end, buffer.size() - end));
+        co_await connection_.read_some(asio::buffer(buffer + end, read_buffer_size - end));
     if (!open_) co_return;
     if (ec) {
       close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message());
@@ -198,22 +211,21 @@ asio::awaitable<void> mux_session::read_loop() {
     last_received_ = clock_type::now();
     end += n;
     while (end - begin >= proto::header_size) {
-      auto decoded = proto::decode_header(std::span<const std::uint8_t, proto::header_size>(
-          buffer.data() + begin, proto::header_size));
+      auto decoded = proto::decode_header(
+          std::span<const std::uint8_t, proto::header_size>(buffer + begin, proto::header_size));
       if (auto* error = std::get_if<proto::decode_error>(&decoded)) {
         protocol_violation(std::string(proto::to_string(*error)));
         co_return;
       }
       const auto& h = std::get<proto::frame_header>(decoded);
       if (end - begin < proto::header_size + h.length) break;
-      if (!handle_frame(h, std::span(buffer.data() + begin + proto::header_size, h.length)))
-        co_return;
+      if (!handle_frame(h, std::span(buffer + begin + proto::header_size, h.length))) co_return;
       begin += proto::header_size + h.length;
     }
     if (begin == end) {
       begin = end = 0;
-    } else if (buffer.size() - end < proto::header_size + proto::max_data_payload) {
-      std::memmove(buffer.data(), buffer.data() + begin, end - begin);
+    } else if (read_buffer_size - end < proto::header_size + proto::max_data_payload) {
+      std::memmove(buffer, buffer + begin, end - begin);
       end -= begin;
       begin = 0;
     }
@@ -309,6 +321,7 @@ bool mux_session::handle_data(const proto::frame_header& h, std::span<const std:
     return false;
   }
   s->recv_credit -= std::int64_t(payload.size());
+  relayed_since_tick_ = true;
   if (s->observer && !payload.empty()) s->observer->on_from_peer(as_chars(payload));
 
   if (!payload.empty()) {
@@ -330,12 +343,12 @@ bool mux_session::handle_data(const proto::frame_header& h, std::span<const std:
     }
     if (!rest.empty()) {
       buffer_for_socket(*s, rest);
-      s->to_socket_wake.cancel();
+      start_socket_writer(s);
     }
   }
   if (fin) {
     s->peer_fin = true;
-    s->to_socket_wake.cancel();
+    start_socket_writer(s);
   }
   return true;
 }
@@ -495,7 +508,20 @@ asio::awaitable<void> mux_session::keepalive_loop() {
     }
     proto::store_u64(stamp, now_ns());
     queue_control(proto::frame_type::ping, 0, 0, stamp);
+    if (!relayed_since_tick_) release_idle_memory();
+    relayed_since_tick_ = false;
   }
+}
+
+void mux_session::release_idle_memory() {
+  // The read buffer's pages past its unparsed bytes hold nothing: hand them back to the kernel
+  // (they come back as zero pages on the next large read). The loop is suspended, not reading.
+  const auto page = std::uintptr_t(sysconf(_SC_PAGESIZE));
+  const auto from = (std::uintptr_t(read_buffer_.get()) + read_end_ + page - 1) & ~(page - 1);
+  const auto to = (std::uintptr_t(read_buffer_.get()) + read_buffer_size) & ~(page - 1);
+  if (read_buffer_ && from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  pool_.trim();
+  malloc_trim(0);  // freed relay chunks sit inside the heap; return their pages too
 }
 
 // ---- stream relays ---------------------------------------------------------------------------
@@ -515,22 +541,26 @@ asio::awaitable<void> mux_session::dial_then_relay(stream_ptr s) {
 
 asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
   auto self = shared_from_this();
+  bool maybe_more = false;  // the last read filled its chunk: read again before waiting
   for (;;) {
     while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight))
       co_await wait_for_wake(s->from_socket_wake);
     if (s->closed) co_return;
-    // Wait for readability first so an idle stream holds no buffer.
-    auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
-    if (s->closed) co_return;
-    if (wait_error) {
-      reset_stream(s, "socket wait failed: " + wait_error.message(), true);
-      co_return;
+    if (!maybe_more) {
+      // Wait for readability first so an idle stream holds no buffer.
+      auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
+      if (s->closed) co_return;
+      if (wait_error) {
+        reset_stream(s, "socket wait failed: " + wait_error.message(), true);
+        co_return;
+      }
     }
     chunk c = pool_.take();
     const std::size_t want =
         std::size_t(std::min<std::int64_t>(buffer_pool::chunk_size, s->send_credit));
     error_code ec;
     const std::size_t n = s->socket.read_some(asio::buffer(c.get(), want), ec);
+    maybe_more = !ec && n == want;
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       pool_.give(std::move(c));
       continue;
@@ -549,12 +579,15 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
     }
     s->send_credit -= std::int64_t(n);
     s->bytes_from_socket += n;
+    relayed_since_tick_ = true;
     if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
     if (s->observer) s->observer->on_from_socket({reinterpret_cast<const char*>(c.get()), n});
     queue_data(s, std::move(c), std::uint32_t(n), false);
   }
 }
 
+// Runs while bytes wait for the socket (the reader writes directly when the socket has room),
+// so an idle stream holds no coroutine here.
 asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
   auto self = shared_from_this();
   std::vector<asio::const_buffer> buffers;
@@ -566,10 +599,9 @@ asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
         s->socket.shutdown(tcp::socket::shutdown_send, ec);
         s->socket_shut = true;
         finish_if_done(s);
-        co_return;
       }
-      co_await wait_for_wake(s->to_socket_wake);
-      continue;
+      s->socket_writer_running = false;
+      co_return;
     }
     buffers.clear();
     for (auto& p : s->pending) {
@@ -582,16 +614,15 @@ asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
       reset_stream(s, "write to socket failed: " + ec.message(), true);
       co_return;
     }
+    std::size_t done = 0;  // chunks fully written
     for (std::size_t left = n; left > 0;) {
-      auto& p = s->pending.front();
+      auto& p = s->pending[done];
       const std::size_t k = std::min<std::size_t>(left, p.end - p.begin);
       p.begin += std::uint32_t(k);
       left -= k;
-      if (p.begin == p.end) {
-        pool_.give(std::move(p.data));
-        s->pending.pop_front();
-      }
+      if (p.begin == p.end) pool_.give(std::move(p.data)), ++done;
     }
+    s->pending.erase(s->pending.begin(), s->pending.begin() + std::ptrdiff_t(done));
     s->bytes_to_socket += n;
     if (hooks_.on_traffic) hooks_.on_traffic(0, n);
     credit_consumed(*s, n);
@@ -657,7 +688,6 @@ void mux_session::remove_stream(const stream_ptr& s, bool abnormal, const std::s
   for (auto& p : s->pending) pool_.give(std::move(p.data));
   s->pending.clear();
   s->from_socket_wake.cancel();
-  s->to_socket_wake.cancel();
   window_growth_used -= s->recv_window - settings_.initial_window;
   streams_.erase(s->id);
   if (s->observer) s->observer->on_end(abnormal);

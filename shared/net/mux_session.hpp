@@ -106,6 +106,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   void protocol_violation(const std::string& what);
 
   void start_relays(const stream_ptr&);
+  void start_socket_writer(const stream_ptr&);
   void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
                      std::span<const std::uint8_t> payload);
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
@@ -115,6 +116,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
   void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);
   void wake_writer();
+  void release_idle_memory();
 
   transport connection_;
   role role_;
@@ -123,6 +125,10 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   buffer_pool& pool_;
   bool open_ = true;
   std::string close_reason_;
+
+  std::unique_ptr<std::uint8_t[]> read_buffer_;  // frames from the peer; see read_loop
+  std::size_t read_begin_ = 0, read_end_ = 0;    // unparsed bytes
+  bool relayed_since_tick_ = false;              // stream bytes moved since the last keepalive
 
   std::unordered_map<std::uint32_t, stream_ptr> streams_;
   std::uint32_t last_stream_id_ = 0;  // highest id opened so far (ids strictly increase)
