@@ -173,6 +173,20 @@ void mux_session::start_relays(const stream_ptr& s) {
 void mux_session::start_socket_writer(const stream_ptr& s) {
   if (!s->connected || s->closed) return;  // start_relays starts it once the dial succeeds
   if (s->socket_writer_running) return;    // it picks the new bytes up after its current write
+  if (!s->pending.empty()) {
+    // Bytes queued while the client dialled: the socket usually has room for them now, so write
+    // at once and leave only the rest (if any) to the coroutine.
+    std::vector<asio::const_buffer> buffers;
+    gather_pending(*s, buffers);
+    error_code ec;
+    const std::size_t n = s->socket.write_some(buffers, ec);
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+      reset_stream(s, "write to socket failed: " + ec.message(), true);
+      return;
+    }
+    if (!ec) pending_written(*s, n);
+    if (s->pending.empty() && !s->peer_fin) return;
+  }
   s->socket_writer_running = true;
   spawn(connection_.get_executor(), peer_to_socket(s), "stream relay (peer to socket)");
 }
@@ -541,7 +555,9 @@ asio::awaitable<void> mux_session::dial_then_relay(stream_ptr s) {
 
 asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
   auto self = shared_from_this();
-  bool maybe_more = false;  // the last read filled its chunk: read again before waiting
+  // Read before waiting when bytes are likely there: a new visitor usually speaks first (HTTP),
+  // and a read that filled its chunk left more behind. Either saves a pass through epoll.
+  bool maybe_more = true;
   for (;;) {
     while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight))
       co_await wait_for_wake(s->from_socket_wake);
@@ -603,30 +619,38 @@ asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
       s->socket_writer_running = false;
       co_return;
     }
-    buffers.clear();
-    for (auto& p : s->pending) {
-      buffers.emplace_back(p.data.get() + p.begin, p.end - p.begin);
-      if (buffers.size() == 16) break;
-    }
+    gather_pending(*s, buffers);
     auto [ec, n] = co_await asio::async_write(s->socket, buffers, use_tuple);
     if (s->closed) co_return;
     if (ec) {
       reset_stream(s, "write to socket failed: " + ec.message(), true);
       co_return;
     }
-    std::size_t done = 0;  // chunks fully written
-    for (std::size_t left = n; left > 0;) {
-      auto& p = s->pending[done];
-      const std::size_t k = std::min<std::size_t>(left, p.end - p.begin);
-      p.begin += std::uint32_t(k);
-      left -= k;
-      if (p.begin == p.end) pool_.give(std::move(p.data)), ++done;
-    }
-    s->pending.erase(s->pending.begin(), s->pending.begin() + std::ptrdiff_t(done));
-    s->bytes_to_socket += n;
-    if (hooks_.on_traffic) hooks_.on_traffic(0, n);
-    credit_consumed(*s, n);
+    pending_written(*s, n);
   }
+}
+
+void mux_session::gather_pending(const stream& s, std::vector<asio::const_buffer>& buffers) {
+  buffers.clear();
+  for (auto& p : s.pending) {
+    buffers.emplace_back(p.data.get() + p.begin, p.end - p.begin);
+    if (buffers.size() == 16) break;
+  }
+}
+
+void mux_session::pending_written(stream& s, std::size_t n) {
+  std::size_t done = 0;  // chunks fully written
+  for (std::size_t left = n; left > 0;) {
+    auto& p = s.pending[done];
+    const std::size_t k = std::min<std::size_t>(left, p.end - p.begin);
+    p.begin += std::uint32_t(k);
+    left -= k;
+    if (p.begin == p.end) pool_.give(std::move(p.data)), ++done;
+  }
+  s.pending.erase(s.pending.begin(), s.pending.begin() + std::ptrdiff_t(done));
+  s.bytes_to_socket += n;
+  if (hooks_.on_traffic) hooks_.on_traffic(0, n);
+  credit_consumed(s, n);
 }
 
 void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {

@@ -112,6 +112,8 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
   void credit_consumed(stream&, std::size_t bytes);
   void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
+  void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
+  void pending_written(stream&, std::size_t bytes);
   void finish_if_done(const stream_ptr&);
   void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
   void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);

@@ -1,8 +1,7 @@
-// Secret randomness (OpenSSL DRBG) and constant-time comparison.
+// Secret randomness (the kernel's CSPRNG) and constant-time comparison.
 #include "shared/util/random.hpp"
 
-#include <openssl/err.h>
-#include <openssl/rand.h>
+#include <sys/random.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -12,11 +11,17 @@
 namespace culvert::shared::util {
 
 void fill_random(std::span<std::uint8_t> out) {
-  // OpenSSL's private DRBG, seeded from the kernel (getrandom), kept apart from public nonces.
-  if (RAND_priv_bytes(out.data(), static_cast<int>(out.size())) != 1) {
-    std::fprintf(stderr, "RAND_priv_bytes failed: %s\n",
-                 ERR_error_string(ERR_get_error(), nullptr));
-    std::abort();  // never hand out a predictable secret
+  // getrandom(2): the kernel's CSPRNG, which also seeds OpenSSL's DRBGs. Asking it directly keeps
+  // a clear-text supervisor from initialising OpenSSL (its DRBG and providers) at all.
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::getrandom(out.data() + done, out.size() - done, 0);
+    if (n > 0) {
+      done += std::size_t(n);
+    } else if (errno != EINTR) {
+      std::fprintf(stderr, "getrandom failed: %s\n", std::strerror(errno));
+      std::abort();  // never hand out a predictable secret
+    }
   }
 }
 

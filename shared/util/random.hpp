@@ -7,7 +7,7 @@
 
 namespace culvert::shared::util {
 
-void fill_random(std::span<std::uint8_t> out);  // OpenSSL RAND_priv_bytes; aborts if it fails
+void fill_random(std::span<std::uint8_t> out);  // getrandom(2); aborts if it fails
 std::uint64_t random_u64();
 bool equal_constant_time(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b);
 
