@@ -10,7 +10,7 @@ import tempfile
 from lib import BIN, Proc, free_port, log, stop_all, wait_port
 
 SOCAT_PORTS = (44000, 44499)
-MIN_RELAY_PORTS = (44500, 44999)
+MIN_RELAY_PORTS = (45000, 45499)
 CULVERT_PORTS = (40000, 43999)
 
 
