@@ -235,6 +235,35 @@ def memory_kib(pid):
     return out
 
 
+PSS_ORIGINS = ("own code and data", "OpenSSL", "libc and loader", "heap and stacks",
+               "shared memory and other")
+
+
+def pss_by_origin(pid):
+    """A process's PSS in KiB, split by where its pages come from (/proc/PID/smaps)."""
+    split = dict.fromkeys(PSS_ORIGINS, 0)
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", parts[0]):
+                name = parts[5] if len(parts) > 5 else ""
+            elif parts[0] == "Pss:":
+                if name == exe:
+                    origin = "own code and data"
+                elif "/libcrypto." in name or "/libssl." in name:
+                    origin = "OpenSSL"
+                elif "/libc." in name or "/ld-linux" in name or "/libm." in name:
+                    origin = "libc and loader"
+                elif name in ("", "[heap]", "[stack]"):
+                    origin = "heap and stacks"
+                else:
+                    origin = "shared memory and other"
+                split[origin] += int(parts[1])
+    return split
+
+
 def memory_sum(pids):
     tot = {"rss": 0, "pss": 0}
     for pid in pids:

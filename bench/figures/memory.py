@@ -9,7 +9,8 @@ import time
 
 from contenders import FORWARDING, Culvert, Supervisor, start_client
 from figures.common import row, target
-from lib import HELPERS, Proc, log, memory_kib, memory_sum, stop_all, wait_memory_stable, wait_until
+from lib import (HELPERS, PSS_ORIGINS, Proc, log, memory_kib, memory_sum, pss_by_origin, stop_all,
+                 wait_memory_stable, wait_until)
 from origins import start_echo
 
 
@@ -18,6 +19,7 @@ def idle_and_connections(cfg, origin_port):
     idle = {"supervisor": {"rss": [], "pss": []}, "worker": {"rss": [], "pss": []},
             "client": {"rss": [], "pss": []}}
     per_conn = {}
+    worker_split = {origin: [] for origin in PSS_ORIGINS}  # what an idle worker's PSS is made of
     for n in cfg.visitor_counts:
         c = Culvert()
         holder = None
@@ -32,6 +34,8 @@ def idle_and_connections(cfg, origin_port):
             for k, m in base.items():
                 idle[k]["rss"].append(m["rss"])
                 idle[k]["pss"].append(m["pss"])
+            for origin, kib in pss_by_origin(wpid).items():
+                worker_split[origin].append(kib)
             holder = Proc(f"hold-{n}", [sys.executable, os.path.join(HELPERS, "probe.py"), "hold",
                                         "127.0.0.1", str(c.public_port), str(n)],
                           stdin=subprocess.PIPE)
@@ -89,6 +93,8 @@ def idle_and_connections(cfg, origin_port):
             targets.append(target(f"<= 8 KiB per idle visitor connection ({n:,} open, {k} PSS)",
                                   v, None if v is None else v <= 8192,
                                   "FAILED" if v is None else f"{v / 1024:.2f} KiB"))
+    for origin, kib in worker_split.items():
+        rows.append(row(f"idle worker PSS: {origin}", "KiB", {"culvert": kib}, "lower"))
     big = max(cfg.visitor_counts)
     targets.append(target(f"{big:,} visitor connections on one tunnel work", None,
                           per_conn.get(big) is not None, "ok" if per_conn.get(big) else "failed"))
