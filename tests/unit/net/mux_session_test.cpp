@@ -198,6 +198,73 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
   CHECK(reports[0].bytes_to_socket == sent.size());
 }
 
+TEST_CASE("a stalled local reader, and idle memory given back meanwhile, lose no byte", "[mux]") {
+  // The local service reads nothing for a while: the client queues what the socket will not take
+  // (its writer coroutine runs), the window stops the worker, keepalive ticks pass with no traffic
+  // (the read buffer's free pages and the chunk pool are given back), then the reader resumes.
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [worker_end, client_end] = loopback_pair(io);
+  auto [visitor, visitor_accepted] = loopback_pair(io);
+  tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  std::vector<std::uint8_t> received;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto [ec, s] = co_await local.async_accept(use_tuple);
+        REQUIRE(!ec);
+        asio::steady_timer stall(io, std::chrono::milliseconds(300));
+        co_await stall.async_wait(use_tuple);
+        std::array<std::uint8_t, 65536> buf;
+        for (;;) {
+          auto [rec, n] = co_await s.async_read_some(asio::buffer(buf), use_tuple);
+          received.insert(received.end(), buf.begin(), buf.begin() + n);
+          if (rec) break;
+        }
+      },
+      asio::detached);
+  net::mux_hooks client_hooks;
+  client_hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
+    tcp::socket s(io);
+    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
+    if (ec) co_return std::nullopt;
+    s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills quickly
+    co_return std::move(s);
+  };
+  bool clean = false;
+  net::mux_hooks server_hooks;
+  server_hooks.on_stream_closed = [&](const net::stream_report& r) { clean = !r.abnormal; };
+  net::mux_settings settings;
+  settings.keepalive_interval = std::chrono::milliseconds(20);
+  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
+                                                   net::mux_session::role::server, settings,
+                                                   std::move(server_hooks), pool);
+  auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
+                                                   net::mux_session::role::client, settings,
+                                                   std::move(client_hooks), pool);
+  server->start();
+  client->start();
+  REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
+  std::vector<std::uint8_t> sent(2 * 1024 * 1024 + 5);
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
+        visitor.shutdown(tcp::socket::shutdown_send);
+        std::array<std::uint8_t, 16> buf;
+        co_await visitor.async_read_some(asio::buffer(buf), use_tuple);  // the stream's end
+        server->close("test over");
+        client->close("test over");
+      },
+      asio::detached);
+  io.run_for(std::chrono::seconds(20));
+  CHECK(clean);
+  CHECK(received.size() == sent.size());
+  CHECK(received == sent);
+  CHECK(pool.outstanding() == 0);  // every chunk came back
+}
+
 TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
   asio::io_context io;
   net::buffer_pool pool;
