@@ -198,7 +198,7 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
   CHECK(reports[0].bytes_to_socket == sent.size());
 }
 
-TEST_CASE("a stalled local reader, and idle memory given back meanwhile, lose no byte", "[mux]") {
+TEST_CASE("a stalled local reader loses no byte while idle memory is given back", "[mux]") {
   // The local service reads nothing for a while: the client queues what the socket will not take
   // (its writer coroutine runs), the window stops the worker, keepalive ticks pass with no traffic
   // (the read buffer's free pages and the chunk pool are given back), then the reader resumes.
