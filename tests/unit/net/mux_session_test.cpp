@@ -31,6 +31,42 @@ std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
   return {std::move(a), std::move(b)};
 }
 
+// A client-side dial hook connecting to `local`, then applying `tune` to the new socket.
+std::function<asio::awaitable<std::optional<tcp::socket>>()> dial_to(
+    asio::io_context& io, tcp::acceptor& local, std::function<void(tcp::socket&)> tune = {}) {
+  return [&io, &local, tune]() -> asio::awaitable<std::optional<tcp::socket>> {
+    // Copied into the coroutine frame before it first suspends.
+    const auto target = local.local_endpoint();
+    const auto adjust = tune;
+    tcp::socket s(io);
+    auto [ec] = co_await s.async_connect(target, use_tuple);
+    if (ec) co_return std::nullopt;
+    if (adjust) adjust(s);
+    co_return std::move(s);
+  };
+}
+
+struct session_pair {
+  std::shared_ptr<net::mux_session> server, client;
+};
+
+// A worker-side and a client-side session joined by a loopback data connection, both started.
+session_pair start_sessions(asio::io_context& io, net::buffer_pool& pool,
+                            const net::mux_settings& settings, net::mux_hooks server_hooks,
+                            net::mux_hooks client_hooks) {
+  auto [worker_end, client_end] = loopback_pair(io);
+  session_pair p;
+  p.server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
+                                                net::mux_session::role::server, settings,
+                                                std::move(server_hooks), pool);
+  p.client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
+                                                net::mux_session::role::client, settings,
+                                                std::move(client_hooks), pool);
+  p.server->start();
+  p.client->start();
+  return p;
+}
+
 std::vector<std::uint8_t> frame_bytes(proto::frame_type type, std::uint8_t flags,
                                       std::uint32_t stream, std::vector<std::uint8_t> payload) {
   auto head = proto::encode_header({std::uint32_t(payload.size()), type, flags, stream});
@@ -81,12 +117,7 @@ hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_
   hostile_outcome outcome;
   net::mux_hooks hooks;
   hooks.on_closed = [&](const std::string& reason) { outcome.close_reason = reason; };
-  hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
-    tcp::socket s(io);
-    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
-    if (ec) co_return std::nullopt;
-    co_return std::move(s);
-  };
+  hooks.dial = dial_to(io, local);
   auto session = std::make_shared<net::mux_session>(net::transport(std::move(ours)), role, settings,
                                                     std::move(hooks), pool);
   session->start();
@@ -118,7 +149,6 @@ void expect_violation(net::mux_session::role role, std::vector<std::uint8_t> byt
 TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
   asio::io_context io;
   net::buffer_pool pool;
-  auto [worker_end, client_end] = loopback_pair(io);
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
 
@@ -143,25 +173,14 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
       asio::detached);
 
   net::mux_hooks client_hooks;
-  client_hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
-    tcp::socket s(io);
-    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
-    if (ec) co_return std::nullopt;
-    co_return std::move(s);
-  };
+  client_hooks.dial = dial_to(io, local);
   std::vector<net::stream_report> reports;
   net::mux_hooks server_hooks;
   server_hooks.on_stream_closed = [&](const net::stream_report& r) { reports.push_back(r); };
   net::mux_settings settings;
   settings.initial_window = 16 * 1024;  // much smaller than the transfer: credit must flow
-  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
-                                                   net::mux_session::role::server, settings,
-                                                   std::move(server_hooks), pool);
-  auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
-                                                   net::mux_session::role::client, settings,
-                                                   std::move(client_hooks), pool);
-  server->start();
-  client->start();
+  auto [server, client] =
+      start_sessions(io, pool, settings, std::move(server_hooks), std::move(client_hooks));
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
 
   std::vector<std::uint8_t> sent(3 * 1024 * 1024 + 17);
@@ -204,7 +223,6 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   // (the read buffer's free pages and the chunk pool are given back), then the reader resumes.
   asio::io_context io;
   net::buffer_pool pool;
-  auto [worker_end, client_end] = loopback_pair(io);
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -224,26 +242,16 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
       },
       asio::detached);
   net::mux_hooks client_hooks;
-  client_hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
-    tcp::socket s(io);
-    auto [ec] = co_await s.async_connect(local.local_endpoint(), use_tuple);
-    if (ec) co_return std::nullopt;
+  client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills quickly
-    co_return std::move(s);
-  };
+  });
   bool clean = false;
   net::mux_hooks server_hooks;
   server_hooks.on_stream_closed = [&](const net::stream_report& r) { clean = !r.abnormal; };
   net::mux_settings settings;
   settings.keepalive_interval = std::chrono::milliseconds(20);
-  auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
-                                                   net::mux_session::role::server, settings,
-                                                   std::move(server_hooks), pool);
-  auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
-                                                   net::mux_session::role::client, settings,
-                                                   std::move(client_hooks), pool);
-  server->start();
-  client->start();
+  auto [server, client] =
+      start_sessions(io, pool, settings, std::move(server_hooks), std::move(client_hooks));
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(2 * 1024 * 1024 + 5);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
