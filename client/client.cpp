@@ -368,9 +368,7 @@ asio::awaitable<std::optional<tcp::socket>> client::dial_local() {
     if (ec) {
       spdlog::debug("connecting to {}: {}", options_.local_address(), ec.message());
       socket.reset();
-    } else {
-      shared::net::set_nodelay(*socket);
-    }
+    }  // TCP_NODELAY: set by the multiplexer when the stream starts relaying
   }
   if (!socket)
     spdlog::warn("cannot reach the local service at {}; visitor reset", options_.local_address());

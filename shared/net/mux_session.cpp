@@ -167,26 +167,26 @@ void mux_session::start_relays(const stream_ptr& s) {
   s->socket.non_blocking(true, ec);
   auto ex = connection_.get_executor();
   spawn(ex, socket_to_peer(s), "stream relay (socket to peer)");
-  if (!s->pending.empty() || s->peer_fin) start_socket_writer(s);
-}
-
-void mux_session::start_socket_writer(const stream_ptr& s) {
-  if (!s->connected || s->closed) return;  // start_relays starts it once the dial succeeds
-  if (s->socket_writer_running) return;    // it picks the new bytes up after its current write
   if (!s->pending.empty()) {
-    // Bytes queued while the client dialled: the socket usually has room for them now, so write
-    // at once and leave only the rest (if any) to the coroutine.
+    // Bytes queued while the client dialled: the new socket has room for them, so write at once
+    // and leave only the rest (if any) to the writer coroutine.
     std::vector<asio::const_buffer> buffers;
     gather_pending(*s, buffers);
-    error_code ec;
     const std::size_t n = s->socket.write_some(buffers, ec);
     if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
       reset_stream(s, "write to socket failed: " + ec.message(), true);
       return;
     }
     if (!ec) pending_written(*s, n);
-    if (s->pending.empty() && !s->peer_fin) return;
   }
+  if (!s->pending.empty() || s->peer_fin) start_socket_writer(s);
+}
+
+// Called when bytes were left over because the socket is full (or a FIN arrived): no second
+// write attempt here, the coroutine waits for room.
+void mux_session::start_socket_writer(const stream_ptr& s) {
+  if (!s->connected || s->closed) return;  // start_relays starts it once the dial succeeds
+  if (s->socket_writer_running) return;    // it picks the new bytes up after its current write
   s->socket_writer_running = true;
   spawn(connection_.get_executor(), peer_to_socket(s), "stream relay (peer to socket)");
 }
@@ -530,10 +530,13 @@ asio::awaitable<void> mux_session::keepalive_loop() {
 void mux_session::release_idle_memory() {
   // The read buffer's pages past its unparsed bytes hold nothing: hand them back to the kernel
   // (they come back as zero pages on the next large read). The loop is suspended, not reading.
-  const auto page = std::uintptr_t(sysconf(_SC_PAGESIZE));
-  const auto from = (std::uintptr_t(read_buffer_.get()) + read_end_ + page - 1) & ~(page - 1);
-  const auto to = (std::uintptr_t(read_buffer_.get()) + read_buffer_size) & ~(page - 1);
-  if (read_buffer_ && from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  if (read_buffer_) {
+    const auto page = std::uintptr_t(sysconf(_SC_PAGESIZE));
+    const auto base = std::uintptr_t(read_buffer_.get());
+    const auto from = (base + read_end_ + page - 1) & ~(page - 1);
+    const auto to = (base + read_buffer_size) & ~(page - 1);
+    if (from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  }
   pool_.trim();
   malloc_trim(0);  // freed relay chunks sit inside the heap; return their pages too
 }
@@ -645,7 +648,10 @@ void mux_session::pending_written(stream& s, std::size_t n) {
     const std::size_t k = std::min<std::size_t>(left, p.end - p.begin);
     p.begin += std::uint32_t(k);
     left -= k;
-    if (p.begin == p.end) pool_.give(std::move(p.data)), ++done;
+    if (p.begin == p.end) {
+      pool_.give(std::move(p.data));
+      ++done;
+    }
   }
   s.pending.erase(s.pending.begin(), s.pending.begin() + std::ptrdiff_t(done));
   s.bytes_to_socket += n;
