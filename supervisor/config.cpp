@@ -413,7 +413,7 @@ const auto& settings() {
        .get_text = [](const config& c) { return c.worker_path; },
        .set_text = [](config& c, std::string_view v) { c.worker_path = v; },
        .check_text = check_path,
-       .empty_means = "culvert-worker in the supervisor's directory"},
+       .empty_means = "culvert-worker (with --tls-cert, else culvert-worker-clear) beside it"},
       {.key = "user",
        .flag = "--user",
        .value_name = "NAME",

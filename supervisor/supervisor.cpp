@@ -75,7 +75,8 @@ supervisor::supervisor(asio::io_context& io, config cfg)
       control_(io),
       domains_(config_.base_domain, shared::util::random_u64()),
       ports_(io, config_.public_bind, config_.port_min, config_.port_max),
-      worker_path_(config_.worker_path.empty() ? default_worker_path() : config_.worker_path),
+      worker_path_(config_.worker_path.empty() ? default_worker_path(!config_.tls_cert.empty())
+                                               : config_.worker_path),
       child_signals_(io, SIGCHLD),
       stop_signals_(io, SIGTERM, SIGINT),
       hangup_signal_(io, SIGHUP) {

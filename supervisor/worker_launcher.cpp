@@ -65,11 +65,12 @@ pid_t launch_worker(boost::asio::io_context& io, const worker_spawn& spawn,
   return pid;
 }
 
-std::string default_worker_path() {
+std::string default_worker_path(bool tls) {
+  const char* name = tls ? "culvert-worker" : "culvert-worker-clear";
   std::error_code ec;
   auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) return "culvert-worker";
-  return (self.parent_path() / "culvert-worker").string();
+  if (ec) return name;
+  return (self.parent_path() / name).string();
 }
 
 }  // namespace culvert::supervisor

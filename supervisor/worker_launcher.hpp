@@ -1,5 +1,5 @@
-// Starting a worker process (Boost.Process v2, fork + exec of culvert-worker) with exactly two
-// inherited descriptors: its channel to the supervisor as fd 3 and the public listener as fd 4,
+// Starting a worker process (Boost.Process v2, fork + exec of culvert-worker[-clear]) with exactly
+// two inherited descriptors: its channel to the supervisor as fd 3 and the public listener as fd 4,
 // as the unprivileged worker account and with no_new_privs.
 // Runs in the supervisor, which is single-threaded when it forks. Reaping is not done here: the
 // supervisor's one SIGCHLD handler does it.
@@ -30,7 +30,8 @@ struct worker_spawn {
 pid_t launch_worker(boost::asio::io_context&, const worker_spawn&,
                     boost::system::error_code& error);
 
-// The path of culvert-worker beside the running executable.
-std::string default_worker_path();
+// The worker beside the running executable: culvert-worker when the supervisor runs TLS, else
+// culvert-worker-clear, the same program built without TLS (OpenSSL is never mapped into it).
+std::string default_worker_path(bool tls);
 
 }  // namespace culvert::supervisor

@@ -1,40 +1,93 @@
 // culvert-worker: started by culvert-supervisor, one per tunnel; not meant to be run by hand.
+// Its arguments come from the supervisor alone, so a small parser reads them: a command-line
+// library (and the iostreams it brings) would be most of an idle worker's code pages.
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
-#include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
+#include <charconv>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <string_view>
 
 #include "shared/log/log.hpp"
 #include "worker/worker.hpp"
 
-int main(int argc, char** argv) {
-  namespace w = culvert::worker;
-  w::worker_options options;
+namespace {
+
+namespace w = culvert::worker;
+
+template <typename Number>
+bool parse_number(std::string_view text, Number& out) {
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc{} && end == text.data() + text.size();
+}
+
+// Fills `options` from "--name value" pairs; prints the problem and returns false on bad input.
+bool parse_arguments(int argc, char** argv, w::worker_options& options) {
   unsigned keepalive_ms = 5000, idle_timeout_ms = 30000;
-  CLI::App app{"culvert-worker: serves one tunnel's public port (started by culvert-supervisor)"};
-  app.add_option("--channel-fd", options.channel_fd, "supervisor channel descriptor");
-  app.add_option("--listener-fd", options.listener_fd, "public listener descriptor");
-  app.add_option("--segment", options.segment, "shared-memory table")->required();
-  app.add_option("--slot", options.slot, "this tunnel's slot in the table")->required();
-  app.add_option("--domain", options.domain, "this tunnel's domain")->required();
-  app.add_option("--log-level", options.log_level, "log level");
-  app.add_option("--max-visitors", options.max_visitors, "open visitor connections at most");
-  app.add_option("--keepalive-ms", keepalive_ms, "data connection keepalive interval");
-  app.add_option("--idle-timeout-ms", idle_timeout_ms, "silence that ends a data connection");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return w::exit_fatal;
+  bool have_segment = false, have_slot = false, have_domain = false;
+  for (int i = 1; i < argc; i += 2) {
+    const std::string_view name = argv[i];
+    if (name == "--help" || name == "-h") {
+      std::fputs(
+          "culvert-worker: serves one tunnel's public port; started by culvert-supervisor with\n"
+          "  --segment NAME --slot N --domain NAME [--log-level L] [--max-visitors N]\n"
+          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD]\n",
+          stdout);
+      std::exit(w::exit_ok);
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "culvert-worker: %s needs a value\n", argv[i]);
+      return false;
+    }
+    const std::string_view value = argv[i + 1];
+    bool ok = true;
+    if (name == "--segment") {
+      options.segment = value, have_segment = true;
+    } else if (name == "--slot") {
+      ok = parse_number(value, options.slot), have_slot = true;
+    } else if (name == "--domain") {
+      options.domain = value, have_domain = true;
+    } else if (name == "--log-level") {
+      options.log_level = value;
+    } else if (name == "--max-visitors") {
+      ok = parse_number(value, options.max_visitors);
+    } else if (name == "--keepalive-ms") {
+      ok = parse_number(value, keepalive_ms);
+    } else if (name == "--idle-timeout-ms") {
+      ok = parse_number(value, idle_timeout_ms);
+    } else if (name == "--channel-fd") {
+      ok = parse_number(value, options.channel_fd);
+    } else if (name == "--listener-fd") {
+      ok = parse_number(value, options.listener_fd);
+    } else {
+      std::fprintf(stderr, "culvert-worker: unknown option %s (see --help)\n", argv[i]);
+      return false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "culvert-worker: %s: not a number: %s\n", argv[i], argv[i + 1]);
+      return false;
+    }
+  }
+  if (!have_segment || !have_slot || !have_domain) {
+    std::fputs("culvert-worker: --segment, --slot and --domain are required (see --help)\n",
+               stderr);
+    return false;
   }
   options.mux.keepalive_interval = std::chrono::milliseconds(keepalive_ms);
   options.mux.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
   options.mux.max_streams = options.max_visitors;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  w::worker_options options;
+  if (!parse_arguments(argc, argv, options)) return w::exit_fatal;
 
   // If the supervisor dies without telling us, stop too (the channel's EOF is the other signal).
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);

@@ -1,13 +1,16 @@
 // Worker process logic: channel from the supervisor, public accept loop, data-connection adoption.
 #include "worker/worker.hpp"
 
+#if CULVERT_WITH_TLS
 #include <openssl/crypto.h>
+#endif
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
 #include <cstring>
 
 #include "shared/net/address.hpp"
@@ -69,8 +72,12 @@ asio::awaitable<void> worker::channel_loop() {
     }
     auto& message = std::get<shared::ipc::channel_message>(received);
     const char kind = message.payload.empty() ? '\0' : message.payload.front();
-    if (kind == 'K' && message.fd < 0 &&
-        message.payload.size() == 1 + 8 + sizeof(shared::tls::psk_bytes)) {
+    if (kind == 'K' && message.fd < 0) {
+#if CULVERT_WITH_TLS
+      if (message.payload.size() != 1 + 8 + sizeof(shared::tls::psk_bytes)) {
+        spdlog::warn("malformed data-connection key from the supervisor; ignored");
+        continue;
+      }
       // The key of this tunnel's TLS data connections: tunnel id, then the derived key.
       std::uint64_t id = 0;
       for (int i = 1; i <= 8; ++i) id = id << 8 | std::uint8_t(message.payload[i]);
@@ -79,6 +86,14 @@ asio::awaitable<void> worker::channel_loop() {
       if (!psk_) psk_ = std::make_unique<shared::tls::psk_server>();
       psk_->set_psk(id, key);
       OPENSSL_cleanse(message.payload.data(), message.payload.size());
+#else
+      // The supervisor runs TLS: every data connection of this tunnel would be refused here.
+      spdlog::critical(
+          "this worker is built without TLS and the supervisor uses TLS; run culvert-worker "
+          "(the supervisor's default when it has a certificate) instead");
+      spdlog::default_logger()->flush();
+      std::exit(exit_fatal);
+#endif
     } else if ((kind == 'D' || kind == 'T') && message.fd >= 0) {
       boost::system::error_code ec;
       tcp::socket connection(io_);
@@ -101,6 +116,7 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
   const auto peer = socket.remote_endpoint(ec);
   if (ec) co_return;  // died in transit
   if (stopping_) co_return;
+#if CULVERT_WITH_TLS
   if (tls && (!psk_ || tls_handshakes_ >= max_tls_handshakes)) {
     spdlog::warn("data connection from {} dropped: {}", net::to_string(peer),
                  psk_ ? "too many TLS handshakes at once" : "no key yet");
@@ -120,6 +136,14 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
       co_return;
     }
   }
+#else
+  if (tls) {
+    spdlog::warn("data connection from {} dropped: TLS, and this worker is built without it",
+                 net::to_string(peer));
+    co_return;
+  }
+  net::transport connection(std::move(socket));
+#endif
   // DATA_READY tells the client its data connection now reaches this worker.
   if (auto err = co_await shared::protocol::write_frame(
           connection, shared::protocol::encode_empty(shared::protocol::frame_type::data_ready))) {

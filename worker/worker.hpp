@@ -21,7 +21,9 @@
 #include "shared/ipc/tunnel_table.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
+#if CULVERT_WITH_TLS
 #include "shared/tls/tls_contexts.hpp"
+#endif
 
 namespace culvert::worker {
 
@@ -74,9 +76,11 @@ class worker {
   std::vector<std::shared_ptr<shared::net::mux_session>> sessions_;
   boost::asio::steady_timer sessions_changed_;  // never expires; cancel() wakes every waiter
   boost::asio::signal_set signals_;
+#if CULVERT_WITH_TLS
   // TLS data connections: only this tunnel's key opens them. Made when the key arrives, so a
   // clear-text tunnel's worker never initialises OpenSSL (megabytes of memory).
   std::unique_ptr<shared::tls::psk_server> psk_;
+#endif
   unsigned tls_handshakes_ = 0;      // in progress
   std::size_t parked_visitors_ = 0;  // accepted, waiting for a data connection
   bool stopping_ = false;

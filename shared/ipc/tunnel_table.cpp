@@ -340,14 +340,26 @@ void tunnel_table_owner::clear(std::uint32_t index) {
 slot_counter_writer::slot_counter_writer(std::string_view segment, std::uint32_t index) {
   const std::string name(segment);
   memory_ = open_segment(name, bip::read_write);
-  region_ = map_segment(memory_, bip::read_write, name);
-  auto* base = static_cast<char*>(region_.get_address());
-  const auto& header = *reinterpret_cast<const table_header*>(base);
-  validate_header(header, region_.get_size(), name);
-  if (index >= header.slot_count)
-    throw std::runtime_error("slot " + std::to_string(index) + " is out of range: " + name +
-                             " has " + std::to_string(header.slot_count) + " slots");
-  counters_ = &reinterpret_cast<slot*>(base + slots_offset)[index].counters;
+  const auto size = segment_size(memory_, name);
+  if (size < static_cast<bip::offset_t>(sizeof(table_header)))
+    throw std::runtime_error("shared-memory segment " + name + " is not a culvert tunnel table (" +
+                             std::to_string(size) + " bytes, smaller than a table header)");
+  try {
+    // The header, read-only and only for the checks; then this tunnel's slot alone, writable.
+    // A worker (which reads internet traffic) can thus change no other tunnel's counters, and
+    // maps a page or two instead of the whole table.
+    const bip::mapped_region head(memory_, bip::read_only, 0, sizeof(table_header));
+    const auto& header = *static_cast<const table_header*>(head.get_address());
+    validate_header(header, static_cast<std::size_t>(size), name);
+    if (index >= header.slot_count)
+      throw std::runtime_error("slot " + std::to_string(index) + " is out of range: " + name +
+                               " has " + std::to_string(header.slot_count) + " slots");
+    region_ = bip::mapped_region(memory_, bip::read_write, slots_offset + index * sizeof(slot),
+                                 sizeof(slot));
+  } catch (const bip::interprocess_exception& e) {
+    throw std::runtime_error("cannot map shared-memory segment " + name + ": " + e.what());
+  }
+  counters_ = &static_cast<slot*>(region_.get_address())->counters;
 }
 
 // ---- culvert-status side -------------------------------------------------------------------

@@ -117,7 +117,7 @@ class tunnel_table_owner {
   slot* slots_ = nullptr;
 };
 
-// Worker side: maps the segment read-write and touches only its own slot's counters.
+// Worker side: maps only its own slot, read-write, and updates that slot's counters.
 class slot_counter_writer {
  public:
   slot_counter_writer(std::string_view segment, std::uint32_t index);

@@ -4,7 +4,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
-#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -18,7 +17,7 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 asio::awaitable<read_result> read_frame(net::transport& stream) {
   std::array<std::uint8_t, header_size> head;
   auto [ec, n] = co_await stream.read_exactly(asio::buffer(head));
-  if (ec && n == 0 && (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated))
+  if (ec && n == 0 && net::peer_closed(ec))
     co_return read_failure{read_failure::kind::closed, "connection closed"};
   if (ec == asio::error::eof)
     co_return read_failure{read_failure::kind::malformed, "truncated frame"};

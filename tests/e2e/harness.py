@@ -29,6 +29,9 @@ def reachable_by_nobody(path):
         return False
 
 
+PROGRAMS = ("culvert-supervisor", "culvert-worker", "culvert-worker-clear", "culvert", "culvert-status")
+
+
 def _usable_bin(directory):
     """Run as root, the supervisor drops to `nobody`, which must be able to execute the worker.
     A checkout under a private directory (/root, mode 0700) is not: test from a copy of the
@@ -36,13 +39,12 @@ def _usable_bin(directory):
     worker = os.path.join(directory, "culvert-worker")
     if os.geteuid() != 0 or reachable_by_nobody(worker):
         return directory
-    stamp = "-".join(str(int(os.stat(os.path.join(directory, n)).st_mtime))
-                     for n in ("culvert-supervisor", "culvert-worker", "culvert", "culvert-status"))
+    stamp = "-".join(str(int(os.stat(os.path.join(directory, n)).st_mtime)) for n in PROGRAMS)
     copy = os.path.join(tempfile.gettempdir(),
                         f"culvert-e2e-bin-{hashlib.sha256((directory + stamp).encode()).hexdigest()[:16]}")
     if not os.path.exists(os.path.join(copy, "done")):
         staging = tempfile.mkdtemp(prefix="culvert-e2e-bin-")
-        for name in ("culvert-supervisor", "culvert-worker", "culvert", "culvert-status"):
+        for name in PROGRAMS:
             shutil.copy2(os.path.join(directory, name), staging)
         os.chmod(staging, 0o755)
         open(os.path.join(staging, "done"), "w").close()

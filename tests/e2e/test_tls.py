@@ -10,7 +10,7 @@ import ssl
 import struct
 import subprocess
 
-from harness import Environment, connect, echo_handler, recv_all, run_test, wait_until
+from harness import BIN, Environment, connect, echo_handler, recv_all, run_test, wait_until
 
 
 def make_certificates(directory):
@@ -51,6 +51,8 @@ def main():
         got = recv_all(s)
         assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), len(got)
         print("8 MiB echoed through a TLS tunnel, SHA-256 identical")
+        worker = os.path.basename(os.readlink(f"/proc/{sup.tunnel(client)['worker_pid']}/exe"))
+        assert worker == "culvert-worker", worker
 
         code, err = refused(env, sup, "--tls", name="untrusting")
         assert code == 2 and "certificate does not check out" in err, (code, err)
@@ -100,6 +102,17 @@ def main():
         s.shutdown(socket.SHUT_WR)
         assert recv_all(s) == b"still here"
         assert sup.tunnel(client)["data_connections"] >= 1
+
+        # The worker built without TLS, named for a supervisor with a certificate: it says why
+        # it cannot serve and exits 78, and the supervisor does not respawn it.
+        wrong = env.supervisor("--tls-cert", files["server"] + ".pem",
+                               "--tls-key", files["server"] + ".key",
+                               "--worker", os.path.join(BIN, "culvert-worker-clear"),
+                               name="clear-worker-supervisor")
+        env.client(wrong, "tcp", f"127.0.0.1:{echo.port}", "--ca", files["ca"] + ".pem",
+                   "--no-state", name="clear-worker-client", expect_url=False)
+        line = wrong.process.wait_for_output(r".*built without TLS.*", stream="stderr")
+        print("clear worker under TLS:", line.group(0).strip())
 
 
 run_test(main)

@@ -12,10 +12,12 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <fstream>
 #include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -185,6 +187,40 @@ TEST_CASE("identities and counters round-trip from owner and worker to reader", 
     CHECK_THROWS_WITH(ipc::slot_counter_writer(owner.name(), 4),
                       Contains("slot 4 is out of range") && Contains("has 4 slots"));
   }
+}
+
+namespace {
+// Sizes in bytes of this process's mappings of a shared-memory segment (/dev/shm/<name>).
+std::vector<std::size_t> mappings_of(const std::string& segment) {
+  std::vector<std::size_t> sizes;
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (!line.ends_with("/dev/shm" + segment)) continue;
+    const auto dash = line.find('-'), space = line.find(' ');
+    sizes.push_back(std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16) -
+                    std::stoull(line.substr(0, dash), nullptr, 16));
+  }
+  return sizes;
+}
+}  // namespace
+
+TEST_CASE("a worker maps its own slot only, not the table", "[tunnel_table]") {
+  const auto instance = unique_instance("ownslot");
+  segment_guard guard{ipc::segment_name(instance)};
+  ipc::tunnel_table_owner owner(instance, 1024, "example.com");
+  const auto before = mappings_of(owner.name());
+  REQUIRE(before.size() == 1);  // the owner's whole table
+  {
+    ipc::slot_counter_writer worker(owner.name(), 1023);
+    worker.counters().bytes_in += 7;
+    const auto during = mappings_of(owner.name());
+    REQUIRE(during.size() == 2);
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    CHECK(std::min(during[0], during[1]) <= 2 * page);  // the slot (the header map is gone)
+  }
+  ipc::tunnel_table_reader reader(owner.name());
+  CHECK(reader.read(1023)->bytes_in == 7);
+  CHECK(reader.read(1022)->bytes_in == 0);
 }
 
 TEST_CASE("strings that fill their fields are cut to leave a NUL", "[tunnel_table]") {
