@@ -3,12 +3,14 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
 #include <iostream>
 
 #include "client/http_log.hpp"
@@ -346,6 +348,31 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
   co_return stream;
 }
 
+namespace {
+// A non-blocking connect that, on loopback, has usually finished by the time connect() returns
+// (the kernel runs the whole handshake before leaving the call): check at once with a
+// zero-timeout poll and skip a pass through the event loop; otherwise wait for writability.
+asio::awaitable<boost::system::error_code> connect_now_or_wait(tcp::socket& socket,
+                                                               const tcp::endpoint& to) {
+  boost::system::error_code ec;
+  socket.non_blocking(true, ec);
+  if (ec) co_return ec;
+  const int fd = socket.native_handle();
+  if (::connect(fd, to.data(), to.size()) == 0) co_return ec;
+  if (errno != EINPROGRESS)
+    co_return boost::system::error_code(errno, asio::error::get_system_category());
+  pollfd ready{fd, POLLOUT, 0};
+  if (::poll(&ready, 1, 0) != 1) {
+    std::tie(ec) = co_await socket.async_wait(tcp::socket::wait_write, use_tuple);
+    if (ec) co_return ec;
+  }
+  int error = 0;
+  socklen_t length = sizeof(error);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
+  co_return boost::system::error_code(error, asio::error::get_system_category());
+}
+}  // namespace
+
 asio::awaitable<std::optional<tcp::socket>> client::dial_local() {
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(options_.local_host, ec);
@@ -364,7 +391,7 @@ asio::awaitable<std::optional<tcp::socket>> client::dial_local() {
     if (!ec)
       ::setsockopt(socket->native_handle(), IPPROTO_TCP, TCP_SYNCNT, &syn_retries,
                    sizeof(syn_retries));
-    if (!ec) std::tie(ec) = co_await socket->async_connect(local, use_tuple);
+    if (!ec) ec = co_await connect_now_or_wait(*socket, local);
     if (ec) {
       spdlog::debug("connecting to {}: {}", options_.local_address(), ec.message());
       socket.reset();

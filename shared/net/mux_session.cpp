@@ -90,6 +90,9 @@ struct mux_session::stream {
   std::int64_t send_credit;
   std::size_t in_flight = 0;  // DATA frames with a chunk queued and not yet written
   bool sent_fin = false;
+  // Server role: OPEN is queued but the writer not yet woken; the first read wakes it, so a
+  // visitor's first bytes leave with the OPEN in one write (one wake-up of the client, not two).
+  bool open_unannounced = false;
 
   // peer -> socket. A vector, not a deque: an empty deque still allocates ~600 bytes, and most
   // streams are idle with nothing pending.
@@ -156,7 +159,8 @@ bool mux_session::open_stream(tcp::socket visitor, std::string peer) {
   const std::size_t n = std::min(s->peer.size(), max_peer_text);
   payload[0] = std::uint8_t(n);
   std::memcpy(payload.data() + 1, s->peer.data(), n);
-  queue_control(proto::frame_type::open, 0, id, std::span(payload.data(), 1 + n));
+  queue_control(proto::frame_type::open, 0, id, std::span(payload.data(), 1 + n), false);
+  s->open_unannounced = true;
   start_relays(s);
   return true;
 }
@@ -164,7 +168,7 @@ bool mux_session::open_stream(tcp::socket visitor, std::string peer) {
 void mux_session::start_relays(const stream_ptr& s) {
   set_nodelay(s->socket);
   error_code ec;
-  s->socket.non_blocking(true, ec);
+  if (!s->socket.non_blocking()) s->socket.non_blocking(true, ec);  // the dial may have set it
   auto ex = connection_.get_executor();
   spawn(ex, socket_to_peer(s), "stream relay (socket to peer)");
   if (!s->pending.empty()) {
@@ -438,7 +442,7 @@ void mux_session::wake_writer() {
 }
 
 void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std::uint32_t stream,
-                                std::span<const std::uint8_t> payload) {
+                                std::span<const std::uint8_t> payload, bool wake) {
   if (!open_) return;
   out_frame& f = control_queue_.emplace_back();
   proto::encode_header(
@@ -446,7 +450,7 @@ void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std:
       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
   std::memcpy(f.head.data() + proto::header_size, payload.data(), payload.size());
   f.head_length = std::uint8_t(proto::header_size + payload.size());
-  wake_writer();
+  if (wake) wake_writer();
 }
 
 void mux_session::queue_data(const stream_ptr& s, chunk payload, std::uint32_t length, bool fin) {
@@ -580,6 +584,10 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
     error_code ec;
     const std::size_t n = s->socket.read_some(asio::buffer(c.get(), want), ec);
     maybe_more = !ec && n == want;
+    if (s->open_unannounced) {
+      s->open_unannounced = false;
+      wake_writer();  // OPEN goes now, with the DATA queued below if this read got bytes
+    }
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       pool_.give(std::move(c));
       continue;

@@ -107,8 +107,9 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
 
   void start_relays(const stream_ptr&);
   void start_socket_writer(const stream_ptr&);
+  // `wake`: false leaves the writer asleep until the next queued frame or wake_writer().
   void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
-                     std::span<const std::uint8_t> payload);
+                     std::span<const std::uint8_t> payload, bool wake = true);
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
   void credit_consumed(stream&, std::size_t bytes);
   void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
