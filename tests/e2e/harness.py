@@ -221,8 +221,8 @@ class Environment:
         match = p.wait_for_output(r"Forwarding ((?:http|tcp)://([^:\s]+):(\d+)) -> ")
         return Client(p, match.group(1), match.group(2), int(match.group(3)))
 
-    def service(self, handler_factory):
-        s = TcpService(handler_factory)
+    def service(self, handler_factory, port=0):
+        s = TcpService(handler_factory, port)
         self.services.append(s)
         return s
 
@@ -230,11 +230,11 @@ class Environment:
 class TcpService:
     """A threaded TCP server on 127.0.0.1; handler(sock) runs per connection."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, port=0):
         self.handler = handler
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1", port))
         self.listener.listen(1024)
         self.port = self.listener.getsockname()[1]
         self.closed = False
