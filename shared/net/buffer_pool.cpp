@@ -5,6 +5,7 @@ namespace culvert::shared::net {
 
 chunk buffer_pool::take() {
   ++outstanding_;
+  ++takes_;
   if (idle_.empty()) return chunk(new std::uint8_t[chunk_size]);  // uninitialised on purpose
   chunk c = std::move(idle_.back());
   idle_.pop_back();

@@ -24,10 +24,13 @@ class buffer_pool {
   void trim() { idle_.clear(); }
   std::size_t idle() const { return idle_.size(); }
   std::size_t outstanding() const { return outstanding_; }
+  // Chunks handed out so far: unchanged between two looks means nobody relayed in between.
+  std::uint64_t takes() const { return takes_; }
 
  private:
   std::size_t max_idle_;
   std::size_t outstanding_ = 0;
+  std::uint64_t takes_ = 0;
   std::vector<chunk> idle_;
 };
 

@@ -528,6 +528,7 @@ asio::awaitable<void> mux_session::keepalive_loop() {
     queue_control(proto::frame_type::ping, 0, 0, stamp);
     if (!relayed_since_tick_) release_idle_memory();
     relayed_since_tick_ = false;
+    pool_takes_at_tick_ = pool_.takes();
   }
 }
 
@@ -541,8 +542,12 @@ void mux_session::release_idle_memory() {
     const auto to = (base + read_buffer_size) & ~(page - 1);
     if (from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
   }
-  pool_.trim();
-  malloc_trim(0);  // freed relay chunks sit inside the heap; return their pages too
+  // The pool and the heap serve every data connection of the process: trim them only when no
+  // connection took a chunk for a whole keepalive interval, not while another one is busy.
+  if (pool_.takes() == pool_takes_at_tick_) {
+    pool_.trim();
+    malloc_trim(0);  // freed relay chunks sit inside the heap; return their pages too
+  }
 }
 
 // ---- stream relays ---------------------------------------------------------------------------

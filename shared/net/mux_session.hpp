@@ -131,6 +131,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
 
   std::unique_ptr<std::uint8_t[]> read_buffer_;  // frames from the peer; see read_loop
   std::size_t read_begin_ = 0, read_end_ = 0;    // unparsed bytes
+  std::uint64_t pool_takes_at_tick_ = 0;         // the shared pool's takes() at the last keepalive
   bool relayed_since_tick_ = false;              // stream bytes moved since the last keepalive
 
   std::unordered_map<std::uint32_t, stream_ptr> streams_;
