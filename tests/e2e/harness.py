@@ -293,6 +293,17 @@ def connect(port, host="127.0.0.1", timeout=10):
     return s
 
 
+def assert_echoed(port, size):
+    """Sends `size` random bytes through `port` to an echo service, half-closes, and checks that
+    exactly the same bytes come back (compared by SHA-256)."""
+    payload = os.urandom(size)
+    s = connect(port)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), len(got)
+
+
 def recv_all(sock):
     chunks = []
     while True:

@@ -3,14 +3,13 @@ CA carries data byte for byte; one without it, one facing a certificate for anot
 clear-text client are all refused with a clear message; --insecure works but warns. Data
 connections cannot be joined without the tunnel's key, and a clear-text DATA_INIT is refused."""
 
-import hashlib
 import os
 import socket
 import ssl
 import struct
 import subprocess
 
-from harness import BIN, Environment, connect, echo_handler, recv_all, run_test, wait_until
+from harness import BIN, Environment, assert_echoed, connect, echo_handler, recv_all, run_test, wait_until
 
 
 def make_certificates(directory):
@@ -44,12 +43,7 @@ def main():
                              "--tls-key", files["server"] + ".key")
         client = env.client(sup, "tcp", f"127.0.0.1:{echo.port}", "--ca", files["ca"] + ".pem")
 
-        payload = os.urandom(8 << 20)
-        s = connect(client.port)
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = recv_all(s)
-        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), len(got)
+        assert_echoed(client.port, 8 << 20)
         print("8 MiB echoed through a TLS tunnel, SHA-256 identical")
         worker = os.path.basename(os.readlink(f"/proc/{sup.tunnel(client)['worker_pid']}/exe"))
         assert worker == "culvert-worker", worker

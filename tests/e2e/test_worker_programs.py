@@ -4,12 +4,10 @@ non-numeric, missing) with exit code 78 and a message, so the supervisor does no
 (test_tls.py checks that a supervisor with a certificate runs culvert-worker, and that a clear
 worker named for it exits with the reason.)"""
 
-import hashlib
 import os
-import socket
 import subprocess
 
-from harness import BIN, Environment, connect, echo_handler, recv_all, run_test
+from harness import BIN, Environment, assert_echoed, echo_handler, run_test
 
 EXIT_FATAL = 78
 
@@ -36,12 +34,7 @@ def main():
         echo = env.service(echo_handler)
         sup = env.supervisor()
         client = env.client(sup, "tcp", f"127.0.0.1:{echo.port}")
-        payload = os.urandom(4 << 20)
-        s = connect(client.port)
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = recv_all(s)
-        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), len(got)
+        assert_echoed(client.port, 4 << 20)
 
         pid = sup.tunnel(client)["worker_pid"]
         exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
