@@ -5,6 +5,7 @@
 
 #include <malloc.h>
 #include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <cstring>
 
 #include "shared/net/socket_options.hpp"
@@ -31,13 +33,18 @@ using boost::system::error_code;
 namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-constexpr std::size_t read_buffer_size = 2 * (proto::header_size + proto::max_data_payload);
+// DATA payloads stream through (see read_loop), so a read never has to keep more than the
+// unfinished header or control frame at the end of the previous one.
+constexpr std::size_t read_buffer_size = proto::header_size + proto::max_data_payload;
 constexpr std::size_t max_gather_frames = 64;
 constexpr std::size_t max_gather_bytes = 1024 * 1024;
 constexpr std::int64_t max_credit = 0x7fffffff;
 constexpr std::uint32_t max_pings_per_second = 50;
 constexpr std::uint32_t max_stale_frames_per_second = 10000;
 constexpr std::size_t max_peer_text = 63;
+// A read this large marks a stream as bulk: its next reads splice (clear text only). Smaller
+// reads copy, which costs fewer system calls for a request or a keystroke.
+constexpr std::size_t bulk_read_bytes = 32 * 1024;
 
 // Window growth beyond the initial size, summed over every stream of this process: auto-tuning
 // stops here, so memory stays bounded however many streams are busy.
@@ -61,7 +68,8 @@ struct mux_session::out_frame {
   std::uint8_t head_length = 0;
   chunk payload;  // DATA only
   std::uint32_t payload_length = 0;
-  stream_ptr owner;  // DATA only
+  bool from_pipe = false;  // DATA whose payload waits in the owner's pipe, not in `payload`
+  stream_ptr owner;        // DATA only
 };
 
 struct mux_session::stream {
@@ -74,7 +82,7 @@ struct mux_session::stream {
         from_socket_wake(socket.get_executor()) {}
 
   struct pending_bytes {
-    chunk data;
+    chunk data;  // null: the bytes wait in rx_pipe (splice path), in this order
     std::uint32_t begin = 0, end = 0;
   };
 
@@ -89,6 +97,11 @@ struct mux_session::stream {
   // socket -> peer
   std::int64_t send_credit;
   std::size_t in_flight = 0;  // DATA frames with a chunk queued and not yet written
+  // Splice path: bytes read into the pipe and queued as DATA, not yet written. The pipe is held
+  // only while the stream is bulk; it goes back to the pool once empty.
+  std::optional<splice_pipe> pipe;
+  std::uint32_t pipe_bytes = 0;
+  bool bulk = false;  // the last read was large: splice the next one
   bool sent_fin = false;
   // Server role: OPEN is queued but the writer not yet woken; the first read wakes it, so a
   // visitor's first bytes leave with the OPEN in one write (one wake-up of the client, not two).
@@ -97,6 +110,11 @@ struct mux_session::stream {
   // peer -> socket. A vector, not a deque: an empty deque still allocates ~600 bytes, and most
   // streams are idle with nothing pending.
   std::vector<pending_bytes> pending;
+  // Splice path: bytes from the connection waiting in this pipe for the socket (their places in
+  // the order are `pending` entries without a chunk). Held only while it has bytes or a frame is
+  // arriving.
+  std::optional<splice_pipe> rx_pipe;
+  std::uint32_t rx_pipe_bytes = 0;
   bool socket_writer_running = false;  // peer_to_socket runs only while bytes or a FIN wait
   std::int64_t recv_credit;
   std::uint32_t recv_window;
@@ -126,7 +144,8 @@ mux_session::mux_session(transport connection, role r, mux_settings settings, mu
       hooks_(std::move(hooks)),
       pool_(pool),
       writer_wake_(connection_.get_executor()),
-      keepalive_timer_(connection_.get_executor()) {}
+      keepalive_timer_(connection_.get_executor()),
+      splice_allowed_(!connection_.is_tls()) {}
 
 mux_session::~mux_session() {
   for (auto& f : control_queue_) pool_.give(std::move(f.payload));
@@ -219,8 +238,17 @@ asio::awaitable<void> mux_session::read_loop() {
   std::size_t& begin = read_begin_;
   std::size_t& end = read_end_;
   while (open_) {
-    auto [ec, n] =
-        co_await connection_.read_some(asio::buffer(buffer + end, read_buffer_size - end));
+    if (incoming_.left > 0 && begin == end && incoming_can_splice()) {
+      if (!co_await splice_incoming()) co_return;
+      continue;
+    }
+    // A bulk stream's next DATA payload should stay in the socket for splice: read its header
+    // alone. Otherwise read as much as fits; many small frames come in one read.
+    const std::size_t have = end - begin;
+    const std::size_t limit = bulk_in_ && incoming_.left == 0 && have < proto::header_size
+                                  ? proto::header_size - have
+                                  : read_buffer_size - end;
+    auto [ec, n] = co_await connection_.read_some(asio::buffer(buffer + end, limit));
     if (!open_) co_return;
     if (ec) {
       close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message());
@@ -228,39 +256,67 @@ asio::awaitable<void> mux_session::read_loop() {
     }
     last_received_ = clock_type::now();
     end += n;
-    while (end - begin >= proto::header_size) {
-      auto decoded = proto::decode_header(
-          std::span<const std::uint8_t, proto::header_size>(buffer + begin, proto::header_size));
-      if (auto* error = std::get_if<proto::decode_error>(&decoded)) {
-        protocol_violation(std::string(proto::to_string(*error)));
-        co_return;
-      }
-      const auto& h = std::get<proto::frame_header>(decoded);
-      if (end - begin < proto::header_size + h.length) break;
-      if (!handle_frame(h, std::span(buffer + begin + proto::header_size, h.length))) co_return;
-      begin += proto::header_size + h.length;
-    }
+    if (!parse_buffered()) co_return;
     if (begin == end) {
       begin = end = 0;
-    } else if (read_buffer_size - end < proto::header_size + proto::max_data_payload) {
-      std::memmove(buffer, buffer + begin, end - begin);
+    } else if (read_buffer_size - end < proto::header_size + proto::max_control_payload) {
+      std::memmove(buffer, buffer + begin, end - begin);  // a partial header or control frame
       end -= begin;
       begin = 0;
     }
   }
 }
 
-bool mux_session::handle_frame(const proto::frame_header& h,
-                               std::span<const std::uint8_t> payload) {
-  // Flood limits count per second of arrival (the time of the read that brought the frame).
+// Handles every complete frame in the read buffer. A DATA payload is handed on as its bytes
+// arrive, so it never waits for the rest of its frame. Returns false once the session ended.
+bool mux_session::parse_buffered() {
+  std::uint8_t* const buffer = read_buffer_.get();
+  std::size_t& begin = read_begin_;
+  const std::size_t end = read_end_;
+  while (open_) {
+    if (incoming_.left > 0) {
+      if (begin == end) return true;
+      const std::size_t k = std::min<std::size_t>(incoming_.left, end - begin);
+      deliver_incoming(std::span(buffer + begin, k));
+      begin += k;
+      incoming_.left -= std::uint32_t(k);
+      if (incoming_.left == 0) end_incoming();
+      continue;
+    }
+    if (end - begin < proto::header_size) return true;
+    auto decoded = proto::decode_header(
+        std::span<const std::uint8_t, proto::header_size>(buffer + begin, proto::header_size));
+    if (auto* error = std::get_if<proto::decode_error>(&decoded)) {
+      protocol_violation(std::string(proto::to_string(*error)));
+      return false;
+    }
+    const auto& h = std::get<proto::frame_header>(decoded);
+    note_frame_arrival();
+    if (h.type == proto::frame_type::data) {
+      if (!begin_incoming(h)) return false;
+      begin += proto::header_size;
+      if (h.length == 0) end_incoming();
+      continue;
+    }
+    if (end - begin < proto::header_size + h.length) return true;
+    if (!handle_frame(h, std::span(buffer + begin + proto::header_size, h.length))) return false;
+    begin += proto::header_size + h.length;
+  }
+  return false;
+}
+
+// Flood limits count per second of arrival (the time of the read that brought the frame).
+void mux_session::note_frame_arrival() {
   if (last_received_ - flood_window_start_ >= std::chrono::seconds(1)) {
     flood_window_start_ = last_received_;
     pings_in_window_ = 0;
     stale_frames_in_window_ = 0;
   }
+}
+
+bool mux_session::handle_frame(const proto::frame_header& h,
+                               std::span<const std::uint8_t> payload) {
   switch (h.type) {
-    case proto::frame_type::data:
-      return handle_data(h, payload);
     case proto::frame_type::window:
       return handle_window(h.stream_id, proto::load_u32(payload.data()));
     case proto::frame_type::open:
@@ -310,7 +366,8 @@ bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> pa
   return true;
 }
 
-bool mux_session::handle_data(const proto::frame_header& h, std::span<const std::uint8_t> payload) {
+// A DATA header: every check the whole frame needs, before any of its payload is handed on.
+bool mux_session::begin_incoming(const proto::frame_header& h) {
   const bool fin = h.flags & proto::flags::fin;
   auto it = streams_.find(h.stream_id);
   if (it == streams_.end()) {
@@ -323,6 +380,7 @@ bool mux_session::handle_data(const proto::frame_header& h, std::span<const std:
       protocol_violation("flood of frames for closed streams");
       return false;
     }
+    incoming_ = {nullptr, h.length, false};
     return true;
   }
   stream_ptr s = it->second;
@@ -330,45 +388,158 @@ bool mux_session::handle_data(const proto::frame_header& h, std::span<const std:
     protocol_violation("DATA after FIN");
     return false;
   }
-  if (payload.empty() && !fin) {
+  if (h.length == 0 && !fin) {
     protocol_violation("empty DATA frame without FIN");
     return false;
   }
-  if (std::int64_t(payload.size()) > s->recv_credit) {
+  if (std::int64_t(h.length) > s->recv_credit) {
     protocol_violation("DATA beyond the stream's window");
     return false;
   }
-  s->recv_credit -= std::int64_t(payload.size());
+  s->recv_credit -= std::int64_t(h.length);
   relayed_since_tick_ = true;
-  if (s->observer && !payload.empty()) s->observer->on_from_peer(as_chars(payload));
+  bulk_in_ = splice_allowed_ && h.length >= bulk_read_bytes && !s->observer;
+  incoming_ = {std::move(s), h.length, fin};
+  return true;
+}
 
-  if (!payload.empty()) {
-    auto rest = payload;
-    if (s->connected && s->pending.empty()) {
-      // Fast path: the socket usually has room; write straight from the read buffer.
-      error_code ec;
-      std::size_t n = s->socket.write_some(asio::buffer(rest.data(), rest.size()), ec);
-      if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
-        reset_stream(s, "write to socket failed: " + ec.message(), true);
-        return true;
-      }
-      if (!ec) {
-        s->bytes_to_socket += n;
-        if (hooks_.on_traffic) hooks_.on_traffic(0, n);
-        credit_consumed(*s, n);
-        rest = rest.subspan(n);
-      }
+// Payload bytes of the current DATA frame, from the read buffer.
+void mux_session::deliver_incoming(std::span<const std::uint8_t> payload) {
+  const stream_ptr& s = incoming_.stream;
+  if (!s || s->closed) return;  // unknown, or ended while its frame was arriving: dropped
+  stats_.copied += payload.size();
+  if (s->observer) s->observer->on_from_peer(as_chars(payload));
+  auto rest = payload;
+  if (s->connected && s->pending.empty()) {
+    // Fast path: the socket usually has room; write straight from the read buffer.
+    error_code ec;
+    std::size_t n = s->socket.write_some(asio::buffer(rest.data(), rest.size()), ec);
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+      reset_stream(s, "write to socket failed: " + ec.message(), true);
+      return;
     }
-    if (!rest.empty()) {
-      buffer_for_socket(*s, rest);
-      start_socket_writer(s);
+    if (!ec) {
+      s->bytes_to_socket += n;
+      if (hooks_.on_traffic) hooks_.on_traffic(0, n);
+      credit_consumed(*s, n);
+      rest = rest.subspan(n);
     }
   }
-  if (fin) {
+  if (!rest.empty()) {
+    buffer_for_socket(*s, rest);
+    start_socket_writer(s);
+  }
+}
+
+void mux_session::end_incoming() {
+  const stream_ptr s = std::move(incoming_.stream);
+  const bool fin = incoming_.fin;
+  incoming_ = {};
+  if (!s) return;
+  release_rx_pipe_if_empty(*s);
+  if (fin && !s->closed) {
     s->peer_fin = true;
     start_socket_writer(s);
   }
-  return true;
+}
+
+void mux_session::release_rx_pipe_if_empty(stream& s) {
+  if (!s.rx_pipe || s.rx_pipe_bytes > 0 || incoming_.stream.get() == &s) return;
+  pool_.give_pipe(std::move(*s.rx_pipe));
+  s.rx_pipe.reset();
+}
+
+// The rest of the current DATA payload may go from the connection to the stream's socket by
+// splice: clear text, and no observer that must see the bytes.
+bool mux_session::incoming_can_splice() {
+  const stream_ptr& s = incoming_.stream;
+  if (!splice_allowed_ || incoming_.copy || !s || s->closed || !s->connected || s->observer)
+    return false;
+  if (!s->rx_pipe) s->rx_pipe = pool_.take_pipe();
+  return s->rx_pipe.has_value();
+}
+
+// One splice of payload from the connection into the stream's pipe, then on into its socket as
+// far as the socket takes it (when nothing is queued ahead); the rest waits in the pipe for
+// peer_to_socket. A full pipe sends the rest of the frame down the copying path, queued behind
+// the pipe's bytes. Returns false once the session ended.
+asio::awaitable<bool> mux_session::splice_incoming() {
+  auto& from = connection_.socket();
+  const stream_ptr s = incoming_.stream;
+  const ssize_t n = s->rx_pipe->fill_from(from.native_handle(), incoming_.left);
+  if (n == 0) {
+    close("closed by peer");
+    co_return false;
+  }
+  if (n < 0) {
+    const int err = errno;
+    if (err == EINTR) co_return true;
+    if (err != EAGAIN) {
+      close(std::string("connection lost: ") + std::strerror(err));
+      co_return false;
+    }
+    // Nothing to read, or no free slot in the pipe: ask the socket which.
+    int readable = 0;
+    if (s->rx_pipe_bytes > 0 && ::ioctl(from.native_handle(), FIONREAD, &readable) == 0 &&
+        readable > 0) {
+      incoming_.copy = true;
+      ++stats_.pipe_overflows;
+      co_return true;
+    }
+    auto [ec] = co_await from.async_wait(tcp::socket::wait_read, use_tuple);
+    if (!open_) co_return false;
+    if (ec) {
+      close("connection lost: " + ec.message());
+      co_return false;
+    }
+    co_return true;
+  }
+  last_received_ = clock_type::now();
+  stats_.spliced += std::size_t(n);
+  incoming_.left -= std::uint32_t(n);
+  s->rx_pipe_bytes += std::uint32_t(n);
+  if (!s->pending.empty() && !s->pending.back().data) {
+    s->pending.back().end += std::uint32_t(n);
+  } else {
+    s->pending.push_back({chunk{}, 0, std::uint32_t(n)});
+  }
+  // Bytes queued ahead mean the socket writer is already waiting for room.
+  if (!s->socket_writer_running && !s->pending.front().data) drain_rx_pipe(s);
+  if (!s->pending.empty()) start_socket_writer(s);
+  if (incoming_.left == 0) end_incoming();
+  co_return open_;
+}
+
+// Moves the first queued entry, which waits in the pipe, into the socket as far as it takes it
+// now; never waits. False if the stream was reset (a write error).
+bool mux_session::drain_rx_pipe(const stream_ptr& s) {
+  auto& front = s->pending.front();
+  std::size_t written = 0;
+  bool ok = true;
+  while (front.end - front.begin > written) {
+    const ssize_t m =
+        s->rx_pipe->drain_to(s->socket.native_handle(), front.end - front.begin - written, false);
+    if (m > 0) {
+      written += std::size_t(m);
+      continue;
+    }
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err != EAGAIN) {
+      reset_stream(s, std::string("write to socket failed: ") + std::strerror(err), true);
+      return false;
+    }
+    break;
+  }
+  if (written == 0) return ok;
+  front.begin += std::uint32_t(written);
+  if (front.begin == front.end) s->pending.erase(s->pending.begin());
+  s->rx_pipe_bytes -= std::uint32_t(written);
+  s->bytes_to_socket += written;
+  if (hooks_.on_traffic) hooks_.on_traffic(0, written);
+  credit_consumed(*s, written);
+  release_rx_pipe_if_empty(*s);
+  return ok;
 }
 
 bool mux_session::handle_window(std::uint32_t id, std::uint32_t increment) {
@@ -479,15 +650,30 @@ asio::awaitable<void> mux_session::write_loop() {
     for (std::size_t i = 0; i < controls; ++i)
       buffers.emplace_back(control_queue_[i].head.data(), control_queue_[i].head_length);
     std::size_t datas = 0, bytes = 0;
+    out_frame* spliced = nullptr;  // the last frame gathered, when its payload is in a pipe
     while (datas < data_queue_.size() && datas < max_gather_frames && bytes < max_gather_bytes) {
-      const out_frame& f = data_queue_[datas++];
+      out_frame& f = data_queue_[datas++];
       if (f.owner->aborted) continue;  // its RESET went ahead; the bytes are moot
       buffers.emplace_back(f.head.data(), f.head_length);
+      if (f.from_pipe) {
+        spliced = &f;
+        break;
+      }
       if (f.payload_length) buffers.emplace_back(f.payload.get(), f.payload_length);
       bytes += f.payload_length;
     }
     if (!buffers.empty()) {
-      auto [ec, n] = co_await connection_.write(buffers);
+      // Before a spliced payload the headers are held back (MSG_MORE) to leave in its segment.
+      auto [ec, n] =
+          spliced ? co_await send_held_back(buffers) : co_await connection_.write(buffers);
+      if (!open_) co_return;
+      if (ec) {
+        close("write failed: " + ec.message());
+        co_return;
+      }
+    }
+    if (spliced) {
+      auto ec = co_await splice_payload(*spliced, datas < data_queue_.size());
       if (!open_) co_return;
       if (ec) {
         close("write failed: " + ec.message());
@@ -501,10 +687,56 @@ asio::awaitable<void> mux_session::write_loop() {
         pool_.give(std::move(f.payload));
         --f.owner->in_flight;
         f.owner->from_socket_wake.cancel();
+      } else if (f.from_pipe) {
+        f.owner->pipe_bytes -= f.payload_length;
+        f.owner->from_socket_wake.cancel();
       }
       data_queue_.pop_front();
     }
   }
+}
+
+// Clear text only: the headers before a spliced payload, with MSG_MORE so the kernel sends them
+// in the payload's segment instead of a tiny one of their own.
+asio::awaitable<std::tuple<error_code, std::size_t>> mux_session::send_held_back(
+    std::vector<asio::const_buffer>& buffers) {
+  auto& socket = connection_.socket();
+  std::size_t first = 0, total = 0;
+  while (first < buffers.size()) {
+    error_code ec;
+    std::size_t n = socket.send(std::span(buffers).subspan(first), MSG_MORE, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      auto [wait_error] = co_await socket.async_wait(tcp::socket::wait_write, use_tuple);
+      if (wait_error) co_return std::tuple(wait_error, total);
+      continue;
+    }
+    if (ec) co_return std::tuple(ec, total);
+    total += n;
+    for (; first < buffers.size() && n >= buffers[first].size(); ++first)
+      n -= buffers[first].size();
+    if (first < buffers.size()) buffers[first] += n;
+  }
+  co_return std::tuple(error_code{}, total);
+}
+
+// Moves a DATA frame's payload from its stream's pipe to the connection; its header went first.
+asio::awaitable<error_code> mux_session::splice_payload(out_frame& f, bool more_frames) {
+  auto& socket = connection_.socket();
+  std::size_t left = f.payload_length;
+  while (left > 0) {
+    const ssize_t n = f.owner->pipe->drain_to(socket.native_handle(), left, more_frames);
+    if (n > 0) {
+      left -= std::size_t(n);
+      continue;
+    }
+    const int err = errno;
+    if (err != EAGAIN && err != EINTR) co_return error_code(err, boost::system::system_category());
+    if (err == EAGAIN) {
+      auto [wait_error] = co_await socket.async_wait(tcp::socket::wait_write, use_tuple);
+      if (wait_error) co_return wait_error;
+    }
+  }
+  co_return error_code{};
 }
 
 asio::awaitable<void> mux_session::keepalive_loop() {
@@ -571,9 +803,16 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
   // and a read that filled its chunk left more behind. Either saves a pass through epoll.
   bool maybe_more = true;
   for (;;) {
-    while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight))
+    while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight ||
+                          s->pipe_bytes >= settings_.chunks_in_flight * buffer_pool::chunk_size))
       co_await wait_for_wake(s->from_socket_wake);
     if (s->closed) co_return;
+    if (s->bulk && !s->pipe && splice_allowed_ && !s->observer) s->pipe = pool_.take_pipe();
+    if (s->pipe) {
+      maybe_more = co_await splice_from_socket(s, maybe_more);
+      if (s->closed || s->sent_fin) co_return;
+      continue;
+    }
     if (!maybe_more) {
       // Wait for readability first so an idle stream holds no buffer.
       auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
@@ -589,6 +828,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
     error_code ec;
     const std::size_t n = s->socket.read_some(asio::buffer(c.get(), want), ec);
     maybe_more = !ec && n == want;
+    s->bulk = !ec && n >= bulk_read_bytes;
     if (s->open_unannounced) {
       s->open_unannounced = false;
       wake_writer();  // OPEN goes now, with the DATA queued below if this read got bytes
@@ -611,11 +851,62 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
     }
     s->send_credit -= std::int64_t(n);
     s->bytes_from_socket += n;
+    stats_.copied += n;
     relayed_since_tick_ = true;
     if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
     if (s->observer) s->observer->on_from_socket({reinterpret_cast<const char*>(c.get()), n});
     queue_data(s, std::move(c), std::uint32_t(n), false);
   }
+}
+
+// One step of socket_to_peer for a bulk stream in clear text: bytes go from the socket into the
+// stream's pipe and are queued as DATA, without a copy through user space. Returns whether more
+// bytes are likely waiting (read again before waiting).
+asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s, bool maybe_more) {
+  if (!maybe_more) {
+    auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
+    if (s->closed) co_return false;
+    if (wait_error) {
+      reset_stream(s, "socket wait failed: " + wait_error.message(), true);
+      co_return false;
+    }
+  }
+  const std::size_t room = settings_.chunks_in_flight * buffer_pool::chunk_size - s->pipe_bytes;
+  const std::size_t want =
+      std::min<std::size_t>({proto::max_data_payload, std::size_t(s->send_credit), room});
+  const ssize_t n = s->pipe->fill_from(s->socket.native_handle(), want);
+  const int err = n < 0 ? errno : 0;
+  if (n < 0 && (err == EAGAIN || err == EINTR)) {
+    if (s->pipe_bytes > 0) {
+      // The socket may be empty, or the pipe out of slots: let the writer empty it, then look.
+      while (!s->closed && s->pipe_bytes > 0) co_await wait_for_wake(s->from_socket_wake);
+      co_return true;
+    }
+    // Nothing to read: the burst is over. Read by copy again until the next large read.
+    s->bulk = false;
+    pool_.give_pipe(std::move(*s->pipe));
+    s->pipe.reset();
+    co_return false;
+  }
+  if (n < 0) {
+    reset_stream(s, std::string("read from socket failed: ") + std::strerror(err), true);
+    co_return false;
+  }
+  if (n == 0) {
+    queue_data(s, {}, 0, true);
+    s->sent_fin = true;
+    finish_if_done(s);
+    co_return false;
+  }
+  s->send_credit -= n;
+  s->bytes_from_socket += std::size_t(n);
+  stats_.spliced += std::size_t(n);
+  s->pipe_bytes += std::uint32_t(n);
+  relayed_since_tick_ = true;
+  if (hooks_.on_traffic) hooks_.on_traffic(std::size_t(n), 0);
+  queue_data(s, {}, std::uint32_t(n), false);
+  data_queue_.back().from_pipe = true;
+  co_return std::size_t(n) == want;
 }
 
 // Runs while bytes wait for the socket (the reader writes directly when the socket has room),
@@ -625,6 +916,21 @@ asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
   std::vector<asio::const_buffer> buffers;
   for (;;) {
     if (s->closed) co_return;
+    if (!s->pending.empty() && !s->pending.front().data) {  // bytes waiting in the pipe
+      const std::size_t before = s->pending.size();
+      const std::uint32_t left = s->pending.front().end - s->pending.front().begin;
+      if (!drain_rx_pipe(s)) co_return;
+      if (s->pending.size() == before &&
+          s->pending.front().end - s->pending.front().begin == left) {
+        auto [ec] = co_await s->socket.async_wait(tcp::socket::wait_write, use_tuple);
+        if (s->closed) co_return;
+        if (ec) {
+          reset_stream(s, "socket wait failed: " + ec.message(), true);
+          co_return;
+        }
+      }
+      continue;
+    }
     if (s->pending.empty()) {
       if (s->peer_fin) {
         error_code ec;
@@ -649,6 +955,7 @@ asio::awaitable<void> mux_session::peer_to_socket(stream_ptr s) {
 void mux_session::gather_pending(const stream& s, std::vector<asio::const_buffer>& buffers) {
   buffers.clear();
   for (auto& p : s.pending) {
+    if (!p.data) break;  // waits in the pipe: peer_to_socket splices it when it comes first
     buffers.emplace_back(p.data.get() + p.begin, p.end - p.begin);
     if (buffers.size() == 16) break;
   }
@@ -674,7 +981,8 @@ void mux_session::pending_written(stream& s, std::size_t n) {
 
 void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {
   while (!bytes.empty()) {
-    if (s.pending.empty() || s.pending.back().end == buffer_pool::chunk_size)
+    if (s.pending.empty() || !s.pending.back().data ||
+        s.pending.back().end == buffer_pool::chunk_size)
       s.pending.push_back({pool_.take(), 0, 0});
     auto& tail = s.pending.back();
     const std::size_t k = std::min<std::size_t>(bytes.size(), buffer_pool::chunk_size - tail.end);

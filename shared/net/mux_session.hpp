@@ -64,6 +64,14 @@ struct mux_hooks {
   std::function<void(std::uint64_t from_socket, std::uint64_t to_socket)> on_traffic;
 };
 
+// Stream bytes by path, both directions: splice moves them socket to socket inside the kernel,
+// copying reads them into this process (TLS, observed http streams, small reads, a full pipe).
+struct relay_stats {
+  std::uint64_t spliced = 0;
+  std::uint64_t copied = 0;
+  std::uint64_t pipe_overflows = 0;  // a stream's pipe was full: the rest of a frame was copied
+};
+
 class mux_session : public std::enable_shared_from_this<mux_session> {
  public:
   enum class role { server, client };
@@ -83,6 +91,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   std::size_t stream_count() const { return streams_.size(); }
   // Smoothed round-trip time of the connection, from PING echoes (zero until measured).
   std::chrono::microseconds rtt() const { return rtt_; }
+  const relay_stats& stats() const { return stats_; }
 
  private:
   struct stream;
@@ -95,11 +104,23 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   boost::asio::awaitable<void> socket_to_peer(stream_ptr);
   boost::asio::awaitable<void> peer_to_socket(stream_ptr);
   boost::asio::awaitable<void> dial_then_relay(stream_ptr);
+  boost::asio::awaitable<bool> splice_from_socket(stream_ptr, bool maybe_more);
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> send_held_back(
+      std::vector<boost::asio::const_buffer>&);
+  boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&, bool more_frames);
 
   // Frame handling (reader side). Return false after a protocol violation (session closed).
   bool handle_frame(const protocol::frame_header&, std::span<const std::uint8_t> payload);
   bool handle_open(std::uint32_t id, std::span<const std::uint8_t> payload);
-  bool handle_data(const protocol::frame_header&, std::span<const std::uint8_t> payload);
+  bool parse_buffered();
+  void note_frame_arrival();
+  bool begin_incoming(const protocol::frame_header&);
+  void deliver_incoming(std::span<const std::uint8_t> payload);
+  void end_incoming();
+  bool incoming_can_splice();
+  boost::asio::awaitable<bool> splice_incoming();
+  bool drain_rx_pipe(const stream_ptr&);
+  void release_rx_pipe_if_empty(stream&);
   bool handle_window(std::uint32_t id, std::uint32_t increment);
   void handle_reset(std::uint32_t id);
   void handle_ping(const protocol::frame_header&, std::span<const std::uint8_t> payload);
@@ -131,8 +152,15 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
 
   std::unique_ptr<std::uint8_t[]> read_buffer_;  // frames from the peer; see read_loop
   std::size_t read_begin_ = 0, read_end_ = 0;    // unparsed bytes
-  std::uint64_t pool_takes_at_tick_ = 0;         // the shared pool's takes() at the last keepalive
-  bool relayed_since_tick_ = false;              // stream bytes moved since the last keepalive
+  struct incoming_data {
+    stream_ptr stream;       // null: a stream that ended here, its bytes are dropped
+    std::uint32_t left = 0;  // payload bytes of the current DATA frame still to come
+    bool fin = false;
+    bool copy = false;  // the stream's pipe is full: the rest of this frame takes the copying path
+  } incoming_;
+  bool bulk_in_ = false;                  // the last DATA frame was large and could splice
+  std::uint64_t pool_takes_at_tick_ = 0;  // the shared pool's takes() at the last keepalive
+  bool relayed_since_tick_ = false;       // stream bytes moved since the last keepalive
 
   std::unordered_map<std::uint32_t, stream_ptr> streams_;
   std::uint32_t last_stream_id_ = 0;  // highest id opened so far (ids strictly increase)
@@ -141,6 +169,8 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   std::deque<out_frame> data_queue_;
   boost::asio::steady_timer writer_wake_;
   boost::asio::steady_timer keepalive_timer_;
+  relay_stats stats_;
+  bool splice_allowed_;  // clear text: stream bytes may bypass user space (TLS must see them)
 
   std::chrono::steady_clock::time_point last_received_;
   std::chrono::microseconds rtt_{0};
