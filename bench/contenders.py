@@ -82,7 +82,7 @@ class Supervisor:
     count = 0
 
     def __init__(self, ports=CULVERT_PORTS, extra=(), netns=None, control_host="127.0.0.1",
-                 public_bind="127.0.0.1"):
+                 public_bind="127.0.0.1", env=None):
         Supervisor.count += 1
         self.instance = f"bench-{os.getpid()}-{Supervisor.count}"
         self.netns = netns
@@ -93,7 +93,7 @@ class Supervisor:
             # Every bench client comes from one loopback address: lift the per-address limits
             # meant for the internet, so figures 5 and 6 measure culvert, not its DoS guards.
             "--max-tunnels-per-address", "65536", "--max-handshakes-per-address", "65536",
-            *extra], netns=netns)
+            *extra], netns=netns, env=env)
         # --log-level warn hides the 'control listening' line; read the address from ss instead
         self.port = self._control_port(control_host)
         self.server = f"{control_host}:{self.port}"
@@ -167,10 +167,10 @@ def plain_flag():
     return _plain_flag
 
 
-def start_client(server, local, kind="tcp", netns=None, name="client", register=True):
+def start_client(server, local, kind="tcp", netns=None, name="client", register=True, env=None):
     args = [os.path.join(BIN, "culvert"), kind, local, "--server", server, "--no-state",
             "--log-level", "warn", *plain_flag()]
-    return Proc(name, args, netns=netns, register=register)
+    return Proc(name, args, netns=netns, register=register, env=env)
 
 
 FORWARDING = r"Forwarding (?:tcp|http)://([^:\s]+):(\d+) -> "
@@ -180,14 +180,16 @@ class Culvert:
     """culvert-supervisor (+ its worker) and one culvert client, over plain TCP."""
     name = "culvert"
     kind = "tcp"
+    env = None  # extra environment for the supervisor (inherited by its worker) and the client
 
     def __init__(self):
         self.sup = None
         self.client = None
 
     def start(self, origin_port):
-        self.sup = Supervisor()
-        self.client = start_client(self.sup.server, f"127.0.0.1:{origin_port}", self.kind)
+        self.sup = Supervisor(env=self.env)
+        self.client = start_client(self.sup.server, f"127.0.0.1:{origin_port}", self.kind,
+                                   env=self.env)
         self.public_port = int(self.client.wait_for(FORWARDING).group(2))
         wait_port(self.public_port)
         return self.public_port
@@ -213,5 +215,12 @@ class CulvertHttp(Culvert):
     kind = "http"
 
 
+class CulvertCopy(Culvert):
+    """The same build with splice(2) turned off: every stream byte is copied through the worker
+    and the client (what a TLS tunnel's relay does, before encryption)."""
+    name = "culvert copy"
+    env = {"CULVERT_NO_SPLICE": "1"}
+
+
 CONTENDERS = {"direct": Direct, "socat x2": SocatX2, "min relay x2": MinRelayX2,
-              "culvert": Culvert, "culvert http": CulvertHttp}
+              "culvert": Culvert, "culvert copy": CulvertCopy, "culvert http": CulvertHttp}

@@ -44,7 +44,7 @@ class Proc:
     """A started program; stdout/stderr go to files that wait_for() searches."""
     counter = 0
 
-    def __init__(self, name, args, netns=None, stdin=subprocess.DEVNULL, register=True):
+    def __init__(self, name, args, netns=None, stdin=subprocess.DEVNULL, register=True, env=None):
         Proc.counter += 1
         self.name = name
         self.args = list(args)
@@ -54,7 +54,8 @@ class Proc:
         self.out_path, self.err_path = base + ".out", base + ".err"
         self.popen = subprocess.Popen(self.args, stdout=open(self.out_path, "wb"),
                                       stderr=open(self.err_path, "wb"), stdin=stdin,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      env=dict(os.environ, **env) if env else None)
         self.pid = self.popen.pid
         if register:
             _started.append(self)

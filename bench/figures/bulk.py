@@ -9,7 +9,7 @@ from figures.common import ratio_target, row, start_contenders, stop_contenders,
 from lib import cpu_seconds, descendants, log, wait_until
 from origins import start_iperf3
 
-NAMES = ["direct", "socat x2", "min relay x2", "culvert"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert copy"]
 
 
 def iperf(port, seconds, streams, reverse):
@@ -62,9 +62,11 @@ def run(cfg):
             targets.append(ratio_target(f"bulk {label}: culvert >= 0.5x direct",
                                         med(rg, "culvert"), med(rg, "direct"), 0.5))
             cm, fm, dm = med(rg, "culvert"), med(rg, "min relay x2"), med(rg, "direct")
+            cc = med(rg, "culvert copy")
             if cm and fm and dm:
                 floor_notes.append(f"{label}: culvert {cm / fm:.2f}x min relay x2, which itself "
-                                   f"reaches {fm / dm:.2f}x direct")
+                                   f"reaches {fm / dm:.2f}x direct"
+                                   + (f"; splice gives {cm / cc:.2f}x culvert copy" if cc else ""))
             cu, so = med(rc, "culvert"), med(rc, "socat x2")
             targets.append(target(f"CPU-s/GiB {label}: culvert < socat x2", cu,
                                   None if cu is None or so is None else cu < so,
@@ -78,4 +80,6 @@ def run(cfg):
                       "(culvert: supervisor + worker + client; socat: both relays and their "
                       "per-connection forks). iperf3's own CPU is not counted.",
                       "min relay x2: two chained splice relays (bench/helpers/min_relay.c), the "
-                      "cheapest three TCP legs can be here. " + "; ".join(floor_notes)]}
+                      "cheapest three TCP legs can be here. " + "; ".join(floor_notes),
+                      "culvert copy: the same build with CULVERT_NO_SPLICE=1, so every stream byte "
+                      "is copied through the worker and the client (as on a TLS tunnel)."]}

@@ -145,7 +145,7 @@ mux_session::mux_session(transport connection, role r, mux_settings settings, mu
       pool_(pool),
       writer_wake_(connection_.get_executor()),
       keepalive_timer_(connection_.get_executor()),
-      splice_allowed_(!connection_.is_tls()) {}
+      splice_allowed_(!connection_.is_tls() && splice_enabled()) {}
 
 mux_session::~mux_session() {
   for (auto& f : control_queue_) pool_.give(std::move(f.payload));

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <string_view>
 #include <utility>
 
 namespace culvert::shared::net {
@@ -17,6 +19,14 @@ constexpr int wanted_pipe_size = 1024 * 1024;
 // cost more than the copy it saves, so such a pipe is refused.
 constexpr int least_pipe_size = 64 * 1024;
 }  // namespace
+
+bool splice_enabled() {
+  static const bool enabled = [] {
+    const char* off = std::getenv("CULVERT_NO_SPLICE");
+    return !(off && std::string_view(off) == "1");
+  }();
+  return enabled;
+}
 
 std::optional<splice_pipe> splice_pipe::open() {
   int fds[2];

@@ -11,6 +11,10 @@
 
 namespace culvert::shared::net {
 
+// False when the environment has CULVERT_NO_SPLICE=1: every process copies instead (an escape
+// hatch for a kernel whose splice misbehaves, and the bench's copy-path comparison).
+bool splice_enabled();
+
 class splice_pipe {
  public:
   // A new non-blocking pipe, enlarged when the kernel allows it; nullopt when the kernel refuses
