@@ -144,6 +144,36 @@ void expect_violation(net::mux_session::role role, std::vector<std::uint8_t> byt
   CHECK(*outcome.error_text == what);
 }
 
+// The local service of the stalled-reader tests: accepts one connection, reads nothing for
+// `stall`, then reads to the end, each read asking for read_size(i) bytes (at most 64 KiB).
+asio::awaitable<void> stalled_reader(tcp::acceptor& local, std::chrono::milliseconds stall,
+                                     std::function<std::size_t(std::size_t)> read_size,
+                                     std::vector<std::uint8_t>& received) {
+  auto [ec, s] = co_await local.async_accept(use_tuple);
+  REQUIRE(!ec);
+  asio::steady_timer wait(local.get_executor(), stall);
+  co_await wait.async_wait(use_tuple);
+  std::array<std::uint8_t, 65536> buf;
+  for (std::size_t i = 0;; ++i) {
+    const std::size_t want = std::min(read_size(i), buf.size());
+    auto [rec, n] = co_await s.async_read_some(asio::buffer(buf.data(), want), use_tuple);
+    received.insert(received.end(), buf.begin(), buf.begin() + n);
+    if (rec) break;
+  }
+}
+
+// The visitor of those tests: sends everything, half-closes, waits for the stream's end, then
+// ends both sessions.
+asio::awaitable<void> send_then_close(tcp::socket& visitor, const std::vector<std::uint8_t>& sent,
+                                      session_pair sessions) {
+  co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
+  visitor.shutdown(tcp::socket::shutdown_send);
+  std::array<std::uint8_t, 16> buf;
+  co_await visitor.async_read_some(asio::buffer(buf), use_tuple);  // the stream's end
+  sessions.server->close("test over");
+  sessions.client->close("test over");
+}
+
 }  // namespace
 
 TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
@@ -226,21 +256,11 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        auto [ec, s] = co_await local.async_accept(use_tuple);
-        REQUIRE(!ec);
-        asio::steady_timer stall(io, std::chrono::milliseconds(300));
-        co_await stall.async_wait(use_tuple);
-        std::array<std::uint8_t, 65536> buf;
-        for (;;) {
-          auto [rec, n] = co_await s.async_read_some(asio::buffer(buf), use_tuple);
-          received.insert(received.end(), buf.begin(), buf.begin() + n);
-          if (rec) break;
-        }
-      },
-      asio::detached);
+  asio::co_spawn(io,
+                 stalled_reader(
+                     local, std::chrono::milliseconds(300),
+                     [](std::size_t) { return std::size_t(65536); }, received),
+                 asio::detached);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills quickly
@@ -255,17 +275,7 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(2 * 1024 * 1024 + 5);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
-        visitor.shutdown(tcp::socket::shutdown_send);
-        std::array<std::uint8_t, 16> buf;
-        co_await visitor.async_read_some(asio::buffer(buf), use_tuple);  // the stream's end
-        server->close("test over");
-        client->close("test over");
-      },
-      asio::detached);
+  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
   io.run_for(std::chrono::seconds(20));
   CHECK(clean);
   CHECK(received.size() == sent.size());
@@ -375,22 +385,11 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        auto [ec, s] = co_await local.async_accept(use_tuple);
-        REQUIRE(!ec);
-        asio::steady_timer stall(io, std::chrono::milliseconds(500));
-        co_await stall.async_wait(use_tuple);
-        std::array<std::uint8_t, 65536> buf;
-        for (std::size_t i = 0;; ++i) {
-          const std::size_t want = 1 + (i * 7919) % buf.size();
-          auto [rec, n] = co_await s.async_read_some(asio::buffer(buf.data(), want), use_tuple);
-          received.insert(received.end(), buf.begin(), buf.begin() + n);
-          if (rec) break;
-        }
-      },
-      asio::detached);
+  asio::co_spawn(io,
+                 stalled_reader(
+                     local, std::chrono::milliseconds(500),
+                     [](std::size_t i) { return 1 + (i * 7919) % 65536; }, received),
+                 asio::detached);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::send_buffer_size(64 * 1024));  // the socket fills soon
@@ -405,17 +404,7 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(12 * 1024 * 1024 + 3);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 13 + i / 65521);
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
-        visitor.shutdown(tcp::socket::shutdown_send);
-        std::array<std::uint8_t, 16> buf;
-        co_await visitor.async_read_some(asio::buffer(buf), use_tuple);  // the stream's end
-        server->close("test over");
-        client->close("test over");
-      },
-      asio::detached);
+  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
   io.run_for(std::chrono::seconds(30));
   CHECK(clean);
   CHECK(received.size() == sent.size());
