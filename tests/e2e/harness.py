@@ -199,20 +199,21 @@ class Environment:
         self.processes.append(p)
         return p
 
-    def supervisor(self, *extra, name="supervisor"):
+    def supervisor(self, *extra, name="supervisor", env=None):
         Environment.counter += 1
         instance = f"e2e-{os.getpid()}-{Environment.counter}"
         args = [os.path.join(BIN, "culvert-supervisor"), "--control", "127.0.0.1:0",
                 "--instance", instance, "--ports", "30000-39999", *extra]
-        p = self.start(name, args)
+        p = self.start(name, args, env)
         match = p.wait_for_output(r"control listening on 127\.0\.0\.1:(\d+)", stream="stderr")
         return Supervisor(p, int(match.group(1)), instance)
 
-    def client(self, supervisor, kind, local, *extra, name=None, expect_url=True, server=None):
+    def client(self, supervisor, kind, local, *extra, name=None, expect_url=True, server=None,
+               env=None):
         name = name or f"client{len(self.processes)}"
         args = [os.path.join(BIN, "culvert"), kind, str(local), "--server",
                 server or supervisor.server, "--state-dir", self.state_dir, *extra]
-        p = self.start(name, args)
+        p = self.start(name, args, env)
         if not expect_url:
             return p
         return self.await_forwarding(p)
@@ -274,6 +275,23 @@ def echo_handler(conn):
             conn.shutdown(socket.SHUT_WR)
             return
         conn.sendall(data)
+
+
+def make_certificates(directory):
+    """A private CA and two server certificates signed by it: one for 127.0.0.1 and localhost,
+    one for another name only."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=culvert test CA")
+    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("other", "DNS:other.example")):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        with open(os.path.join(directory, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName={san}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {name: os.path.join(directory, name) for name in ("ca", "server", "other")}
 
 
 def pattern_bytes(seed, size):

@@ -7,26 +7,9 @@ import os
 import socket
 import ssl
 import struct
-import subprocess
 
-from harness import BIN, Environment, assert_echoed, connect, echo_handler, recv_all, run_test, wait_until
-
-
-def make_certificates(directory):
-    """A private CA and two server certificates signed by it: one for 127.0.0.1 and localhost,
-    one for another name only."""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=culvert test CA")
-    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("other", "DNS:other.example")):
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        with open(os.path.join(directory, f"{name}.ext"), "w") as f:
-            f.write(f"subjectAltName={san}\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return {name: os.path.join(directory, name) for name in ("ca", "server", "other")}
+from harness import (BIN, Environment, assert_echoed, connect, echo_handler, make_certificates,
+                     recv_all, run_test, wait_until)
 
 
 def refused(env, sup, *args, name):
