@@ -419,9 +419,7 @@ void mux_session::deliver_incoming(std::span<const std::uint8_t> payload) {
       return;
     }
     if (!ec) {
-      s->bytes_to_socket += n;
-      if (hooks_.on_traffic) hooks_.on_traffic(0, n);
-      credit_consumed(*s, n);
+      counted_to_socket(*s, n);
       rest = rest.subspan(n);
     }
   }
@@ -515,7 +513,6 @@ asio::awaitable<bool> mux_session::splice_incoming() {
 bool mux_session::drain_rx_pipe(const stream_ptr& s) {
   auto& front = s->pending.front();
   std::size_t written = 0;
-  bool ok = true;
   while (front.end - front.begin > written) {
     const ssize_t m =
         s->rx_pipe->drain_to(s->socket.native_handle(), front.end - front.begin - written, false);
@@ -531,15 +528,13 @@ bool mux_session::drain_rx_pipe(const stream_ptr& s) {
     }
     break;
   }
-  if (written == 0) return ok;
+  if (written == 0) return true;
   front.begin += std::uint32_t(written);
   if (front.begin == front.end) s->pending.erase(s->pending.begin());
   s->rx_pipe_bytes -= std::uint32_t(written);
-  s->bytes_to_socket += written;
-  if (hooks_.on_traffic) hooks_.on_traffic(0, written);
-  credit_consumed(*s, written);
+  counted_to_socket(*s, written);
   release_rx_pipe_if_empty(*s);
-  return ok;
+  return true;
 }
 
 bool mux_session::handle_window(std::uint32_t id, std::uint32_t increment) {
@@ -807,20 +802,20 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
                           s->pipe_bytes >= settings_.chunks_in_flight * buffer_pool::chunk_size))
       co_await wait_for_wake(s->from_socket_wake);
     if (s->closed) co_return;
-    if (s->bulk && !s->pipe && splice_allowed_ && !s->observer) s->pipe = pool_.take_pipe();
-    if (s->pipe) {
-      maybe_more = co_await splice_from_socket(s, maybe_more);
-      if (s->closed || s->sent_fin) co_return;
-      continue;
-    }
     if (!maybe_more) {
-      // Wait for readability first so an idle stream holds no buffer.
+      // Wait for readability first so an idle stream holds no buffer and no pipe.
       auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
       if (s->closed) co_return;
       if (wait_error) {
         reset_stream(s, "socket wait failed: " + wait_error.message(), true);
         co_return;
       }
+    }
+    if (s->bulk && !s->pipe && splice_allowed_ && !s->observer) s->pipe = pool_.take_pipe();
+    if (s->pipe) {
+      maybe_more = co_await splice_from_socket(s);
+      if (s->closed || s->sent_fin) co_return;
+      continue;
     }
     chunk c = pool_.take();
     const std::size_t want =
@@ -839,9 +834,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
     }
     if (ec == asio::error::eof) {
       pool_.give(std::move(c));
-      queue_data(s, {}, 0, true);
-      s->sent_fin = true;
-      finish_if_done(s);
+      queue_fin(s);
       co_return;
     }
     if (ec) {
@@ -849,11 +842,8 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
       reset_stream(s, "read from socket failed: " + ec.message(), true);
       co_return;
     }
-    s->send_credit -= std::int64_t(n);
-    s->bytes_from_socket += n;
     stats_.copied += n;
-    relayed_since_tick_ = true;
-    if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
+    counted_from_socket(*s, n);
     if (s->observer) s->observer->on_from_socket({reinterpret_cast<const char*>(c.get()), n});
     queue_data(s, std::move(c), std::uint32_t(n), false);
   }
@@ -862,15 +852,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
 // One step of socket_to_peer for a bulk stream in clear text: bytes go from the socket into the
 // stream's pipe and are queued as DATA, without a copy through user space. Returns whether more
 // bytes are likely waiting (read again before waiting).
-asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s, bool maybe_more) {
-  if (!maybe_more) {
-    auto [wait_error] = co_await s->socket.async_wait(tcp::socket::wait_read, use_tuple);
-    if (s->closed) co_return false;
-    if (wait_error) {
-      reset_stream(s, "socket wait failed: " + wait_error.message(), true);
-      co_return false;
-    }
-  }
+asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s) {
   const std::size_t room = settings_.chunks_in_flight * buffer_pool::chunk_size - s->pipe_bytes;
   const std::size_t want =
       std::min<std::size_t>({proto::max_data_payload, std::size_t(s->send_credit), room});
@@ -893,17 +875,12 @@ asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s, bool maybe_m
     co_return false;
   }
   if (n == 0) {
-    queue_data(s, {}, 0, true);
-    s->sent_fin = true;
-    finish_if_done(s);
+    queue_fin(s);
     co_return false;
   }
-  s->send_credit -= n;
-  s->bytes_from_socket += std::size_t(n);
   stats_.spliced += std::size_t(n);
   s->pipe_bytes += std::uint32_t(n);
-  relayed_since_tick_ = true;
-  if (hooks_.on_traffic) hooks_.on_traffic(std::size_t(n), 0);
+  counted_from_socket(*s, std::size_t(n));
   queue_data(s, {}, std::uint32_t(n), false);
   data_queue_.back().from_pipe = true;
   co_return std::size_t(n) == want;
@@ -974,9 +951,29 @@ void mux_session::pending_written(stream& s, std::size_t n) {
     }
   }
   s.pending.erase(s.pending.begin(), s.pending.begin() + std::ptrdiff_t(done));
+  counted_to_socket(s, n);
+}
+
+// Bytes read from a stream's socket: its send credit, its report, the tunnel's counters.
+void mux_session::counted_from_socket(stream& s, std::size_t n) {
+  s.send_credit -= std::int64_t(n);
+  s.bytes_from_socket += n;
+  relayed_since_tick_ = true;
+  if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
+}
+
+// Bytes written to a stream's socket: its report, the tunnel's counters, credit for the peer.
+void mux_session::counted_to_socket(stream& s, std::size_t n) {
   s.bytes_to_socket += n;
   if (hooks_.on_traffic) hooks_.on_traffic(0, n);
   credit_consumed(s, n);
+}
+
+// The socket's end of stream: an empty DATA with FIN after everything queued.
+void mux_session::queue_fin(const stream_ptr& s) {
+  queue_data(s, {}, 0, true);
+  s->sent_fin = true;
+  finish_if_done(s);
 }
 
 void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {

@@ -104,7 +104,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   boost::asio::awaitable<void> socket_to_peer(stream_ptr);
   boost::asio::awaitable<void> peer_to_socket(stream_ptr);
   boost::asio::awaitable<void> dial_then_relay(stream_ptr);
-  boost::asio::awaitable<bool> splice_from_socket(stream_ptr, bool maybe_more);
+  boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> send_held_back(
       std::vector<boost::asio::const_buffer>&);
   boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&, bool more_frames);
@@ -136,6 +136,9 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
   void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
   void pending_written(stream&, std::size_t bytes);
+  void counted_from_socket(stream&, std::size_t bytes);
+  void counted_to_socket(stream&, std::size_t bytes);
+  void queue_fin(const stream_ptr&);
   void finish_if_done(const stream_ptr&);
   void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
   void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);

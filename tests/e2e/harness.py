@@ -294,6 +294,21 @@ def make_certificates(directory):
     return {name: os.path.join(directory, name) for name in ("ca", "server", "other")}
 
 
+def answer_with_sha256(conn):
+    """A service handler: reads until the visitor's FIN, then answers "<bytes> <sha256 hex>" and
+    closes its side (so it only answers if half-close is carried through)."""
+    digest = hashlib.sha256()
+    total = 0
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        total += len(data)
+        digest.update(data)
+    conn.sendall(f"{total} {digest.hexdigest()}".encode())
+    conn.shutdown(socket.SHUT_WR)
+
+
 def pattern_bytes(seed, size):
     """Deterministic pseudo-random bytes (both ends can compute the hash)."""
     out = bytearray()

@@ -9,7 +9,8 @@ import socket
 import threading
 import time
 
-from harness import Environment, connect, make_certificates, pattern_bytes, recv_all, run_test
+from harness import (Environment, answer_with_sha256, connect, make_certificates, pattern_bytes,
+                     recv_all, run_test)
 
 SIZE = 32 * 1024 * 1024
 UPLOAD = pattern_bytes("splice", SIZE)
@@ -18,16 +19,7 @@ UPLOAD = pattern_bytes("splice", SIZE)
 def stalling_hasher(conn):
     # Stalls first, so the tunnel's windows fill and bytes wait inside it, then hashes it all.
     time.sleep(1.0)
-    digest = hashlib.sha256()
-    total = 0
-    while True:
-        data = conn.recv(1 << 20)
-        if not data:
-            break
-        total += len(data)
-        digest.update(data)
-    conn.sendall(f"{total} {digest.hexdigest()}".encode())
-    conn.shutdown(socket.SHUT_WR)
+    answer_with_sha256(conn)
 
 
 def pipes(pid):
@@ -80,6 +72,10 @@ def main():
             client = env.client(sup, "tcp", f"127.0.0.1:{service.port}", *client_args,
                                 name=f"client-{label[:5]}", env=environment)
             worker = sup.tunnel(client)["worker_pid"]
+            # Count from a worker that is serving: its start-up opens a pipe of its own (Asio's
+            # signal pipe), late under a sanitizer.
+            sup.process.wait_for_output(rf"\[{worker}\] info data connection from \S+ attached "
+                                        r"\(2 now\)", stream="stderr")
             extra = upload_watching_pipes(client.port, [worker, client.process.pid])
             print(f"{label}: 32 MiB through a stalled service, SHA-256 identical; pipes held at "
                   f"most: worker +{extra[worker]}, client +{extra[client.process.pid]}")

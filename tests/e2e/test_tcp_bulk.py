@@ -5,7 +5,7 @@ flows back afterwards."""
 import hashlib
 import socket
 
-from harness import Environment, connect, pattern_bytes, recv_all, run_test
+from harness import Environment, answer_with_sha256, connect, pattern_bytes, recv_all, run_test
 
 SIZE = 100 * 1024 * 1024
 DOWNLOAD = pattern_bytes("download", SIZE)
@@ -17,24 +17,10 @@ def source(conn):
     recv_all(conn)
 
 
-def hasher(conn):
-    # Reads until the visitor's FIN, then answers: only works if half-close is carried through.
-    digest = hashlib.sha256()
-    total = 0
-    while True:
-        data = conn.recv(1 << 20)
-        if not data:
-            break
-        total += len(data)
-        digest.update(data)
-    conn.sendall(f"{total} {digest.hexdigest()}".encode())
-    conn.shutdown(socket.SHUT_WR)
-
-
 def main():
     with Environment() as env:
         down = env.service(source)
-        up = env.service(hasher)
+        up = env.service(answer_with_sha256)
         sup = env.supervisor()
         down_client = env.client(sup, "tcp", f"127.0.0.1:{down.port}")
         up_client = env.client(sup, "tcp", f"127.0.0.1:{up.port}")
