@@ -22,9 +22,6 @@ transport& transport::operator=(transport&&) noexcept = default;
 transport::~transport() = default;
 
 asio::ip::tcp::socket& transport::socket() {
-#if CULVERT_WITH_TLS
-  if (tls_) return tls_->next_layer();
-#endif
   return plain_;
 }
 
@@ -35,7 +32,7 @@ asio::any_io_executor transport::get_executor() {
 asio::awaitable<std::tuple<error_code, std::size_t>> transport::read_some(
     asio::mutable_buffer buffer) {
 #if CULVERT_WITH_TLS
-  if (tls_) co_return co_await tls_->async_read_some(buffer, use_tuple);
+  if (tls_) co_return co_await read_tls(buffer);
 #endif
   co_return co_await plain_.async_read_some(buffer, use_tuple);
 }
@@ -43,7 +40,15 @@ asio::awaitable<std::tuple<error_code, std::size_t>> transport::read_some(
 asio::awaitable<std::tuple<error_code, std::size_t>> transport::read_exactly(
     asio::mutable_buffer buffer) {
 #if CULVERT_WITH_TLS
-  if (tls_) co_return co_await asio::async_read(*tls_, buffer, use_tuple);
+  if (tls_) {
+    std::size_t total = 0;
+    while (total < buffer.size()) {
+      auto [ec, n] = co_await read_tls(buffer + total);
+      total += n;
+      if (ec) co_return std::tuple{ec, total};
+    }
+    co_return std::tuple{error_code{}, total};
+  }
 #endif
   co_return co_await asio::async_read(plain_, buffer, use_tuple);
 }
@@ -59,6 +64,10 @@ asio::awaitable<std::tuple<error_code, std::size_t>> transport::write(
 asio::awaitable<std::tuple<error_code, std::size_t>> transport::write(asio::const_buffer one) {
   co_return co_await write(std::span<const asio::const_buffer>(&one, 1));
 }
+
+#if !CULVERT_WITH_TLS
+void transport::release_idle_buffers() {}
+#endif
 
 void transport::try_send_now(std::span<const std::uint8_t> bytes) {
   if (is_tls())

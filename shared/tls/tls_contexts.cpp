@@ -156,9 +156,19 @@ void expect_server_name(SSL* ssl, const std::string& host) {
   }
 }
 
+// Where a PSK context finds its psk_server. Not SSL_CTX's app data: Asio keeps its verify
+// callback there and deletes whatever it finds when the context is destroyed.
+namespace {
+int psk_server_index() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+}  // namespace
+
 psk_server::psk_server() : context_(tls13_context(ssl::context::tls_server)) {
   SSL_CTX* native = context_->native_handle();
-  SSL_CTX_set_app_data(native, this);
+  if (!SSL_CTX_set_ex_data(native, psk_server_index(), this))
+    throw std::runtime_error("SSL_CTX_set_ex_data failed: " + openssl_reason());
   SSL_CTX_set_psk_find_session_callback(native, &psk_server::find_session);
   psk_cipher_suites(*context_);
 }
@@ -171,7 +181,8 @@ void psk_server::set_psk(std::uint64_t tunnel_id, const psk_bytes& key) {
 int psk_server::find_session(SSL* ssl, const unsigned char* identity, std::size_t identity_length,
                              SSL_SESSION** session) {
   *session = nullptr;
-  auto* self = static_cast<psk_server*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  auto* self =
+      static_cast<psk_server*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), psk_server_index()));
   if (!self || !self->key_) return 1;
   // The identity is not secret (it names the tunnel); the key proves the client. A wrong key
   // fails the handshake's binder check inside OpenSSL, in constant time.

@@ -46,6 +46,8 @@ void expect_server_name(SSL* ssl, const std::string& host);
 class psk_server {
  public:
   psk_server();
+  psk_server(const psk_server&) = delete;  // its context points back at it
+  psk_server& operator=(const psk_server&) = delete;
   void set_psk(std::uint64_t tunnel_id, const psk_bytes&);
   bool has_psk() const { return key_.has_value(); }
   boost::asio::ssl::context& context() { return *context_; }
