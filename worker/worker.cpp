@@ -153,9 +153,12 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
   }
   auto& counters = table_.counters();
   net::mux_hooks hooks;
-  hooks.on_traffic = [&counters](std::uint64_t from_visitor, std::uint64_t to_visitor) {
+  hooks.on_traffic = [&counters](std::uint64_t from_visitor, std::uint64_t to_visitor,
+                                 bool spliced) {
     if (from_visitor) counters.bytes_in.fetch_add(from_visitor, std::memory_order_relaxed);
     if (to_visitor) counters.bytes_out.fetch_add(to_visitor, std::memory_order_relaxed);
+    if (spliced)
+      counters.bytes_spliced.fetch_add(from_visitor + to_visitor, std::memory_order_relaxed);
   };
   hooks.on_stream_closed = [&counters](const net::stream_report& r) {
     counters.open_visitors.fetch_sub(1, std::memory_order_relaxed);

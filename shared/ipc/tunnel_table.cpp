@@ -333,6 +333,7 @@ void tunnel_table_owner::clear(std::uint32_t index) {
   counters.total_visitors.store(0, std::memory_order_relaxed);
   counters.bytes_in.store(0, std::memory_order_relaxed);
   counters.bytes_out.store(0, std::memory_order_relaxed);
+  counters.bytes_spliced.store(0, std::memory_order_relaxed);
 }
 
 // ---- Worker side ---------------------------------------------------------------------------
@@ -408,6 +409,7 @@ std::optional<slot_snapshot> tunnel_table_reader::read(std::uint32_t index) cons
     snapshot.total_visitors = source.counters.total_visitors.load(std::memory_order_relaxed);
     snapshot.bytes_in = source.counters.bytes_in.load(std::memory_order_relaxed);
     snapshot.bytes_out = source.counters.bytes_out.load(std::memory_order_relaxed);
+    snapshot.bytes_spliced = source.counters.bytes_spliced.load(std::memory_order_relaxed);
     return snapshot;
   }
   return std::nullopt;

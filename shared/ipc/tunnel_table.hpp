@@ -20,7 +20,8 @@
 namespace culvert::shared::ipc {
 
 inline constexpr std::uint64_t table_magic = 0x43554c5645525431ULL;  // "CULVERT1"
-inline constexpr std::uint32_t table_version = 1;
+// 2: slot_counters gained bytes_spliced.
+inline constexpr std::uint32_t table_version = 2;
 inline constexpr std::size_t domain_capacity = 128;      // bytes, NUL-terminated
 inline constexpr std::size_t client_addr_capacity = 64;  // "[v6addr]:port", NUL-terminated
 
@@ -57,6 +58,9 @@ struct slot_counters {
   std::atomic<std::uint64_t> total_visitors{0};
   std::atomic<std::uint64_t> bytes_in{0};   // visitor -> local service
   std::atomic<std::uint64_t> bytes_out{0};  // local service -> visitor
+  // The part of bytes_in + bytes_out the worker moved with splice(2), socket to pipe to socket,
+  // without copying it through its memory (bulk clear-text streams; the rest was copied).
+  std::atomic<std::uint64_t> bytes_spliced{0};
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 };
 
@@ -80,7 +84,8 @@ struct table_header {
 struct slot_snapshot {
   std::uint32_t index = 0;
   slot_identity identity;
-  std::uint64_t open_visitors = 0, total_visitors = 0, bytes_in = 0, bytes_out = 0;
+  std::uint64_t open_visitors = 0, total_visitors = 0, bytes_in = 0, bytes_out = 0,
+                bytes_spliced = 0;
 };
 
 // The segment name for an instance: "/culvert-<instance>" (instance defaults to "default").

@@ -34,17 +34,26 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // DATA payloads stream through (see read_loop), so a read never has to keep more than the
-// unfinished header or control frame at the end of the previous one.
-constexpr std::size_t read_buffer_size = proto::header_size + proto::max_data_payload;
+// unfinished header or control frame at the end of the previous one: it need not hold a whole
+// DATA frame.
+constexpr std::size_t read_buffer_size = proto::header_size + buffer_pool::chunk_size;
 constexpr std::size_t max_gather_frames = 64;
 constexpr std::size_t max_gather_bytes = 1024 * 1024;
 constexpr std::int64_t max_credit = 0x7fffffff;
 constexpr std::uint32_t max_pings_per_second = 50;
 constexpr std::uint32_t max_stale_frames_per_second = 10000;
 constexpr std::size_t max_peer_text = 63;
+// Auto-tuning (window_limits): a delivery-rate sample lasts at least this long, longer than the
+// bursts a busy scheduler makes; the minimum round trip is kept this long (six keepalives).
+constexpr std::chrono::milliseconds min_rate_sample{2};
+constexpr std::chrono::seconds min_rtt_lifetime{30};
 // A read this large marks a stream as bulk: its next reads splice (clear text only). Smaller
 // reads copy, which costs fewer system calls for a request or a keystroke.
 constexpr std::size_t bulk_read_bytes = 32 * 1024;
+// A bulk stream's spliced bytes not yet written to the connection, at most (its pipe holds up to
+// 1 MiB): frames as large as the protocol allows, two of them queued, so the writer always has
+// the next frame while the stream reads. Fewer, larger frames mean fewer system calls per byte.
+constexpr std::size_t max_spliced_in_flight = 2 * proto::max_data_payload;
 
 // Window growth beyond the initial size, summed over every stream of this process: auto-tuning
 // stops here, so memory stays bounded however many streams are busy.
@@ -119,7 +128,10 @@ struct mux_session::stream {
   std::int64_t recv_credit;
   std::uint32_t recv_window;
   std::uint32_t unacked = 0;
-  clock_type::time_point last_credit = clock_type::now();
+  // Auto-tuning's delivery-rate sample: bytes written to the socket since rate_sample_start.
+  clock_type::time_point rate_sample_start = clock_type::now();
+  std::uint64_t rate_sample_bytes = 0;
+  bool backlogged = false;  // since rate_sample_start, bytes had to wait for the socket
   bool peer_fin = false;
   bool socket_shut = false;
 
@@ -418,15 +430,15 @@ void mux_session::deliver_incoming(std::span<const std::uint8_t> payload) {
       reset_stream(s, "write to socket failed: " + ec.message(), true);
       return;
     }
-    if (!ec) {
-      counted_to_socket(*s, n);
-      rest = rest.subspan(n);
-    }
+    if (!ec) rest = rest.subspan(n);
   }
   if (!rest.empty()) {
     buffer_for_socket(*s, rest);
     start_socket_writer(s);
   }
+  // Counted once the rest is queued: the credit it may send knows the stream is backlogged.
+  const std::size_t written = payload.size() - rest.size();
+  if (written > 0) counted_to_socket(*s, written, false);
 }
 
 void mux_session::end_incoming() {
@@ -503,7 +515,10 @@ asio::awaitable<bool> mux_session::splice_incoming() {
   }
   // Bytes queued ahead mean the socket writer is already waiting for room.
   if (!s->socket_writer_running && !s->pending.front().data) drain_rx_pipe(s);
-  if (!s->pending.empty()) start_socket_writer(s);
+  if (!s->pending.empty()) {
+    s->backlogged = true;
+    start_socket_writer(s);
+  }
   if (incoming_.left == 0) end_incoming();
   co_return open_;
 }
@@ -532,7 +547,7 @@ bool mux_session::drain_rx_pipe(const stream_ptr& s) {
   front.begin += std::uint32_t(written);
   if (front.begin == front.end) s->pending.erase(s->pending.begin());
   s->rx_pipe_bytes -= std::uint32_t(written);
-  counted_to_socket(*s, written);
+  counted_to_socket(*s, written, true);
   release_rx_pipe_if_empty(*s);
   return true;
 }
@@ -584,6 +599,12 @@ void mux_session::handle_ping(const proto::frame_header& h, std::span<const std:
     if (sent <= current && current - sent < 60'000'000'000ULL) {
       auto sample = std::chrono::microseconds((current - sent) / 1000);
       rtt_ = rtt_.count() == 0 ? sample : (rtt_ * 7 + sample) / 8;
+      // The minimum is the path's own delay; it expires so that a lengthened path is seen.
+      const auto now = clock_type::now();
+      if (min_rtt_.count() == 0 || sample <= min_rtt_ || now - min_rtt_taken_ > min_rtt_lifetime) {
+        min_rtt_ = std::max(sample, std::chrono::microseconds(1));
+        min_rtt_taken_ = now;
+      }
     }
     return;
   }
@@ -629,6 +650,7 @@ void mux_session::queue_data(const stream_ptr& s, chunk payload, std::uint32_t l
   f.payload = std::move(payload);
   f.payload_length = length;
   f.owner = s;
+  stats_.largest_data_sent = std::max(stats_.largest_data_sent, length);
   wake_writer();
 }
 
@@ -769,6 +791,7 @@ void mux_session::release_idle_memory() {
     const auto to = (base + read_buffer_size) & ~(page - 1);
     if (from < to) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
   }
+  connection_.release_idle_buffers();  // TLS: the plaintext and records of earlier writes
   // The pool and the heap serve every data connection of the process: trim them only when no
   // connection took a chunk for a whole keepalive interval, not while another one is busy.
   if (pool_.takes() == pool_takes_at_tick_) {
@@ -799,7 +822,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
   bool maybe_more = true;
   for (;;) {
     while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight ||
-                          s->pipe_bytes >= settings_.chunks_in_flight * buffer_pool::chunk_size))
+                          s->pipe_bytes >= max_spliced_in_flight))
       co_await wait_for_wake(s->from_socket_wake);
     if (s->closed) co_return;
     if (!maybe_more) {
@@ -843,7 +866,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
       co_return;
     }
     stats_.copied += n;
-    counted_from_socket(*s, n);
+    counted_from_socket(*s, n, false);
     if (s->observer) s->observer->on_from_socket({reinterpret_cast<const char*>(c.get()), n});
     queue_data(s, std::move(c), std::uint32_t(n), false);
   }
@@ -853,7 +876,7 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
 // stream's pipe and are queued as DATA, without a copy through user space. Returns whether more
 // bytes are likely waiting (read again before waiting).
 asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s) {
-  const std::size_t room = settings_.chunks_in_flight * buffer_pool::chunk_size - s->pipe_bytes;
+  const std::size_t room = max_spliced_in_flight - s->pipe_bytes;
   const std::size_t want =
       std::min<std::size_t>({proto::max_data_payload, std::size_t(s->send_credit), room});
   const ssize_t n = s->pipe->fill_from(s->socket.native_handle(), want);
@@ -880,7 +903,7 @@ asio::awaitable<bool> mux_session::splice_from_socket(stream_ptr s) {
   }
   stats_.spliced += std::size_t(n);
   s->pipe_bytes += std::uint32_t(n);
-  counted_from_socket(*s, std::size_t(n));
+  counted_from_socket(*s, std::size_t(n), true);
   queue_data(s, {}, std::uint32_t(n), false);
   data_queue_.back().from_pipe = true;
   co_return std::size_t(n) == want;
@@ -951,21 +974,21 @@ void mux_session::pending_written(stream& s, std::size_t n) {
     }
   }
   s.pending.erase(s.pending.begin(), s.pending.begin() + std::ptrdiff_t(done));
-  counted_to_socket(s, n);
+  counted_to_socket(s, n, false);
 }
 
 // Bytes read from a stream's socket: its send credit, its report, the tunnel's counters.
-void mux_session::counted_from_socket(stream& s, std::size_t n) {
+void mux_session::counted_from_socket(stream& s, std::size_t n, bool spliced) {
   s.send_credit -= std::int64_t(n);
   s.bytes_from_socket += n;
   relayed_since_tick_ = true;
-  if (hooks_.on_traffic) hooks_.on_traffic(n, 0);
+  if (hooks_.on_traffic) hooks_.on_traffic(n, 0, spliced);
 }
 
 // Bytes written to a stream's socket: its report, the tunnel's counters, credit for the peer.
-void mux_session::counted_to_socket(stream& s, std::size_t n) {
+void mux_session::counted_to_socket(stream& s, std::size_t n, bool spliced) {
   s.bytes_to_socket += n;
-  if (hooks_.on_traffic) hooks_.on_traffic(0, n);
+  if (hooks_.on_traffic) hooks_.on_traffic(0, n, spliced);
   credit_consumed(s, n);
 }
 
@@ -977,6 +1000,7 @@ void mux_session::queue_fin(const stream_ptr& s) {
 }
 
 void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {
+  s.backlogged = true;
   while (!bytes.empty()) {
     if (s.pending.empty() || !s.pending.back().data ||
         s.pending.back().end == buffer_pool::chunk_size)
@@ -992,23 +1016,43 @@ void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> byt
 void mux_session::credit_consumed(stream& s, std::size_t bytes) {
   if (s.peer_fin || s.closed) return;  // nothing more will come: no credit needed
   s.unacked += std::uint32_t(bytes);
+  s.rate_sample_bytes += bytes;
   if (s.unacked < s.recv_window / 4) return;
   std::uint32_t increment = s.unacked;
-  const auto now = clock_type::now();
-  // Auto-tuning: a quarter window consumed in under two round trips means the window, not the
-  // reader, limits this stream; double it (bandwidth-delay product), within the process budget.
-  if (rtt_.count() > 0 && now - s.last_credit < 2 * rtt_ && s.recv_window < settings_.max_window &&
+  if (window_limits(s) && s.recv_window < settings_.max_window &&
       window_growth_used + s.recv_window <= window_growth_budget) {
     window_growth_used += s.recv_window;
     increment += s.recv_window;
     s.recv_window *= 2;
+    stats_.largest_window = std::max(stats_.largest_window, s.recv_window);
   }
   s.recv_credit += increment;
   s.unacked = 0;
-  s.last_credit = now;
   std::uint8_t payload[4];
   proto::store_u32(payload, increment);
   queue_control(proto::frame_type::window, 0, s.id, payload);
+}
+
+bool mux_session::window_limits(stream& s) {
+  // Auto-tuning, after BBR's delivery-rate estimate: bytes delivered over a sample of at least one
+  // minimum round trip, times that round trip, estimate the bandwidth-delay product. A window under
+  // twice the estimate limits the stream, and doubles (towards the product, within the caps).
+  // Not a shorter sample: on a busy host, bytes queued in the kernel while this process waited for
+  // a core pour in as a burst that looks like a fast link, and a window grown on that overflows
+  // the splice pipe into copies. Bytes that waited for the local socket mean the local reader is
+  // the limit instead: a larger window would only queue more here.
+  if (min_rtt_.count() == 0) return false;  // no round trip measured yet
+  const auto now = clock_type::now();
+  const auto elapsed = now - s.rate_sample_start;
+  if (elapsed < std::max<clock_type::duration>(min_rtt_, min_rate_sample)) return false;
+  const double estimate =
+      double(s.rate_sample_bytes) * double(min_rtt_.count()) /
+      double(std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
+  const bool limits = !s.backlogged && 2 * estimate >= double(s.recv_window);
+  s.rate_sample_start = now;
+  s.rate_sample_bytes = 0;
+  s.backlogged = !s.pending.empty();
+  return limits;
 }
 
 void mux_session::finish_if_done(const stream_ptr& s) {

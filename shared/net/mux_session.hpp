@@ -60,8 +60,9 @@ struct mux_hooks {
   std::function<std::unique_ptr<stream_observer>()> make_observer;  // optional
   std::function<void(const stream_report&)> on_stream_closed;       // optional
   std::function<void(const std::string& reason)> on_closed;         // once, when the session ends
-  // Optional traffic counters (bytes read from / written to stream sockets).
-  std::function<void(std::uint64_t from_socket, std::uint64_t to_socket)> on_traffic;
+  // Optional traffic counters: bytes read from / written to stream sockets, and whether they moved
+  // by splice (socket to pipe to socket) rather than by copy.
+  std::function<void(std::uint64_t from_socket, std::uint64_t to_socket, bool spliced)> on_traffic;
 };
 
 // Stream bytes by path, both directions: splice moves them socket to socket inside the kernel,
@@ -69,7 +70,9 @@ struct mux_hooks {
 struct relay_stats {
   std::uint64_t spliced = 0;
   std::uint64_t copied = 0;
-  std::uint64_t pipe_overflows = 0;  // a stream's pipe was full: the rest of a frame was copied
+  std::uint64_t pipe_overflows = 0;     // a stream's pipe was full: the rest of a frame was copied
+  std::uint32_t largest_data_sent = 0;  // payload bytes of the largest DATA frame queued
+  std::uint32_t largest_window = 0;     // the largest receive window auto-tuning gave a stream
 };
 
 class mux_session : public std::enable_shared_from_this<mux_session> {
@@ -91,6 +94,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   std::size_t stream_count() const { return streams_.size(); }
   // Smoothed round-trip time of the connection, from PING echoes (zero until measured).
   std::chrono::microseconds rtt() const { return rtt_; }
+  std::chrono::microseconds min_rtt() const { return min_rtt_; }
   const relay_stats& stats() const { return stats_; }
 
  private:
@@ -133,11 +137,12 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
                      std::span<const std::uint8_t> payload, bool wake = true);
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
   void credit_consumed(stream&, std::size_t bytes);
+  bool window_limits(stream&);  // ends a delivery-rate sample once it is long enough
   void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
   void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
   void pending_written(stream&, std::size_t bytes);
-  void counted_from_socket(stream&, std::size_t bytes);
-  void counted_to_socket(stream&, std::size_t bytes);
+  void counted_from_socket(stream&, std::size_t bytes, bool spliced);
+  void counted_to_socket(stream&, std::size_t bytes, bool spliced);
   void queue_fin(const stream_ptr&);
   void finish_if_done(const stream_ptr&);
   void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
@@ -176,7 +181,9 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   bool splice_allowed_;  // clear text: stream bytes may bypass user space (TLS must see them)
 
   std::chrono::steady_clock::time_point last_received_;
-  std::chrono::microseconds rtt_{0};
+  std::chrono::microseconds rtt_{0};      // smoothed, from keepalive pings
+  std::chrono::microseconds min_rtt_{0};  // the least sample within min_rtt_lifetime
+  std::chrono::steady_clock::time_point min_rtt_taken_;
   // Flood limits: cheap frames per one-second window.
   std::chrono::steady_clock::time_point flood_window_start_;
   std::uint32_t pings_in_window_ = 0;

@@ -16,7 +16,7 @@ namespace culvert::shared::protocol {
 
 inline constexpr std::uint16_t protocol_version = 1;
 inline constexpr std::size_t header_size = 10;
-inline constexpr std::size_t max_data_payload = 64 * 1024;    // DATA frames
+inline constexpr std::size_t max_data_payload = 256 * 1024;   // DATA frames
 inline constexpr std::size_t max_control_payload = 2 * 1024;  // every other frame
 
 enum class frame_type : std::uint8_t {

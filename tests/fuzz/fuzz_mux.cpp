@@ -105,7 +105,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     net::mux_hooks hooks;
     hooks.on_closed = [&](const std::string&) { closed = true; };
     hooks.on_stream_closed = [](const net::stream_report&) {};
-    hooks.on_traffic = [](std::uint64_t, std::uint64_t) {};
+    hooks.on_traffic = [](std::uint64_t, std::uint64_t, bool) {};
     hooks.dial = [&, refuse =
                          bool(opts & opt_refuse)]() -> asio::awaitable<std::optional<tcp::socket>> {
       if (refuse) co_return std::nullopt;

@@ -76,6 +76,14 @@ std::string format_uptime(std::int64_t seconds) {
   return text;
 }
 
+std::string format_share(std::uint64_t part, std::uint64_t whole) {
+  if (whole == 0) return "-";
+  if (part >= whole) return "100%";
+  // In floating point: part * 100 could overflow 64 bits. Clamped so rounding never shows 100%.
+  const auto percent = static_cast<int>(static_cast<long double>(part) * 100 / whole);
+  return std::to_string(std::min(percent, 99)) + "%";
+}
+
 std::string format_bytes(std::uint64_t bytes) {
   if (bytes < 1024) return std::to_string(bytes) + " B";
   static constexpr const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -119,6 +127,7 @@ nlohmann::json to_json(const ipc::table_header& header,
         {"total_connections", tunnel.total_visitors},
         {"bytes_in", tunnel.bytes_in},
         {"bytes_out", tunnel.bytes_out},
+        {"bytes_spliced", tunnel.bytes_spliced},
         {"data_connections", id.data_connections},
         {"worker_restarts", id.worker_restarts},
     });
@@ -143,11 +152,11 @@ std::string to_table(const ipc::table_header& header,
   if (tunnels.empty()) return out + "no tunnels\n";
 
   using row = std::vector<std::string>;
-  std::vector<row> rows{
-      {"DOMAIN", "PORT", "PID", "CLIENT", "STATE", "KIND", "UPTIME", "OPEN", "TOTAL", "IN", "OUT"}};
+  std::vector<row> rows{{"DOMAIN", "PORT", "PID", "CLIENT", "STATE", "KIND", "UPTIME", "OPEN",
+                         "TOTAL", "IN", "OUT", "SPLICED"}};
   // Numbers line up on the right, names on the left.
   const std::vector<bool> right = {false, true, true, false, false, false,
-                                   true,  true, true, true,  true};
+                                   true,  true, true, true,  true,  true};
   for (const auto& tunnel : tunnels) {
     const auto& id = tunnel.identity;
     rows.push_back({
@@ -162,6 +171,7 @@ std::string to_table(const ipc::table_header& header,
         std::to_string(tunnel.total_visitors),
         format_bytes(tunnel.bytes_in),
         format_bytes(tunnel.bytes_out),
+        format_share(tunnel.bytes_spliced, tunnel.bytes_in + tunnel.bytes_out),
     });
   }
   std::vector<std::size_t> widths(right.size(), 0);

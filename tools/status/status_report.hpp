@@ -23,7 +23,7 @@ nlohmann::json to_json(const shared::ipc::table_header& header,
                        std::int64_t now_unix_ms, std::string_view instance);
 
 // A line naming the instance, supervisor pid and base domain, then either "no tunnels" or aligned
-// columns DOMAIN PORT PID CLIENT STATE KIND UPTIME OPEN TOTAL IN OUT. Ends with a newline.
+// columns DOMAIN PORT PID CLIENT STATE KIND UPTIME OPEN TOTAL IN OUT SPLICED. Ends with a newline.
 std::string to_table(const shared::ipc::table_header& header,
                      const std::vector<shared::ipc::slot_snapshot>& tunnels,
                      std::int64_t now_unix_ms, std::string_view instance);
@@ -32,6 +32,8 @@ std::string to_table(const shared::ipc::table_header& header,
 std::string format_uptime(std::int64_t seconds);
 // "512 B", "1.0 KiB", "1.2 MiB", ... up to "TiB".
 std::string format_bytes(std::uint64_t bytes);
+// `part` as a whole percentage of `whole`, rounded down ("99%" until every byte); "-" for none.
+std::string format_share(std::uint64_t part, std::uint64_t whole);
 // The text of a fixed-size field: up to its first NUL or its capacity, whichever comes first, with
 // every byte outside printable ASCII replaced by '?'.
 std::string field_text(const char* field, std::size_t capacity);

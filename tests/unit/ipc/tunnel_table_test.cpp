@@ -154,6 +154,7 @@ TEST_CASE("identities and counters round-trip from owner and worker to reader", 
   worker.counters().total_visitors += 10;
   worker.counters().bytes_in += 1500;
   worker.counters().bytes_out += 250000;
+  worker.counters().bytes_spliced += 200000;
 
   const auto live = reader.live_slots();
   REQUIRE(live.size() == 1);
@@ -163,6 +164,7 @@ TEST_CASE("identities and counters round-trip from owner and worker to reader", 
   CHECK(live[0].total_visitors == 10);
   CHECK(live[0].bytes_in == 1500);
   CHECK(live[0].bytes_out == 250000);
+  CHECK(live[0].bytes_spliced == 200000);
 
   const auto untouched = reader.read(0);
   REQUIRE(untouched);
@@ -179,6 +181,7 @@ TEST_CASE("identities and counters round-trip from owner and worker to reader", 
     CHECK(cleared->total_visitors == 0);
     CHECK(cleared->bytes_in == 0);
     CHECK(cleared->bytes_out == 0);
+    CHECK(cleared->bytes_spliced == 0);
   }
 
   SECTION("indexes past the table are refused") {

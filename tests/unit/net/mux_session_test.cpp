@@ -8,9 +8,12 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <catch2/catch.hpp>
+#include <deque>
+#include <list>
 
 #include "shared/protocol/frame.hpp"
 #include "shared/protocol/messages.hpp"
@@ -50,11 +53,10 @@ struct session_pair {
   std::shared_ptr<net::mux_session> server, client;
 };
 
-// A worker-side and a client-side session joined by a loopback data connection, both started.
-session_pair start_sessions(asio::io_context& io, net::buffer_pool& pool,
-                            const net::mux_settings& settings, net::mux_hooks server_hooks,
-                            net::mux_hooks client_hooks) {
-  auto [worker_end, client_end] = loopback_pair(io);
+// A worker-side and a client-side session on the two ends of a data connection, both started.
+session_pair start_sessions_on(tcp::socket worker_end, tcp::socket client_end,
+                               net::buffer_pool& pool, const net::mux_settings& settings,
+                               net::mux_hooks server_hooks, net::mux_hooks client_hooks) {
   session_pair p;
   p.server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
                                                 net::mux_session::role::server, settings,
@@ -65,6 +67,15 @@ session_pair start_sessions(asio::io_context& io, net::buffer_pool& pool,
   p.server->start();
   p.client->start();
   return p;
+}
+
+// start_sessions_on a loopback data connection.
+session_pair start_sessions(asio::io_context& io, net::buffer_pool& pool,
+                            const net::mux_settings& settings, net::mux_hooks server_hooks,
+                            net::mux_hooks client_hooks) {
+  auto [worker_end, client_end] = loopback_pair(io);
+  return start_sessions_on(std::move(worker_end), std::move(client_end), pool, settings,
+                           std::move(server_hooks), std::move(client_hooks));
 }
 
 std::vector<std::uint8_t> frame_bytes(proto::frame_type type, std::uint8_t flags,
@@ -172,6 +183,69 @@ asio::awaitable<void> send_then_close(tcp::socket& visitor, const std::vector<st
   co_await visitor.async_read_some(asio::buffer(buf), use_tuple);  // the stream's end
   sessions.server->close("test over");
   sessions.client->close("test over");
+}
+
+// A data connection with a round trip of 2 x one_way: bytes read on one side are written on the
+// other once one_way has passed, in order, as a slow network would deliver them.
+asio::awaitable<void> delay_one_way(tcp::socket& from, tcp::socket& to,
+                                    std::chrono::milliseconds one_way) {
+  struct piece {
+    std::chrono::steady_clock::time_point due;
+    std::vector<std::uint8_t> bytes;
+  };
+  struct line {
+    explicit line(asio::any_io_executor e) : wake(e, asio::steady_timer::time_point::max()) {}
+    std::deque<piece> queue;
+    bool done = false;
+    asio::steady_timer wake;  // the writer sleeps on it while the queue is empty; cancelled on push
+  };
+  auto state = std::make_shared<line>(from.get_executor());
+  asio::co_spawn(
+      from.get_executor(),
+      [&to, state]() -> asio::awaitable<void> {
+        asio::steady_timer due(to.get_executor());
+        while (!state->done || !state->queue.empty()) {
+          if (state->queue.empty()) {
+            state->wake.expires_at(asio::steady_timer::time_point::max());
+            co_await state->wake.async_wait(use_tuple);
+            continue;
+          }
+          due.expires_at(state->queue.front().due);
+          co_await due.async_wait(use_tuple);
+          auto [ec, n] =
+              co_await asio::async_write(to, asio::buffer(state->queue.front().bytes), use_tuple);
+          if (ec) break;
+          state->queue.pop_front();
+        }
+        boost::system::error_code ignored;
+        to.shutdown(tcp::socket::shutdown_send, ignored);
+      },
+      asio::detached);
+  std::vector<std::uint8_t> buf(64 * 1024);
+  for (;;) {
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), use_tuple);
+    if (ec) break;
+    state->queue.push_back({std::chrono::steady_clock::now() + one_way,
+                            std::vector<std::uint8_t>(buf.begin(), buf.begin() + n)});
+    state->wake.cancel();
+  }
+  state->done = true;
+  state->wake.cancel();
+}
+
+// start_sessions over a delayed data connection (delay_one_way both ways).
+session_pair start_delayed_sessions(asio::io_context& io, net::buffer_pool& pool,
+                                    const net::mux_settings& settings, net::mux_hooks server_hooks,
+                                    net::mux_hooks client_hooks, std::chrono::milliseconds one_way,
+                                    std::list<tcp::socket>& link) {
+  auto [worker_end, worker_link] = loopback_pair(io);
+  auto [client_link, client_end] = loopback_pair(io);
+  auto& a = link.emplace_back(std::move(worker_link));
+  auto& b = link.emplace_back(std::move(client_link));
+  asio::co_spawn(io, delay_one_way(a, b, one_way), asio::detached);
+  asio::co_spawn(io, delay_one_way(b, a, one_way), asio::detached);
+  return start_sessions_on(std::move(worker_end), std::move(client_end), pool, settings,
+                           std::move(server_hooks), std::move(client_hooks));
 }
 
 }  // namespace
@@ -413,6 +487,9 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   INFO("client spliced " << client->stats().spliced << ", copied " << client->stats().copied
                          << ", pipe overflows " << client->stats().pipe_overflows);
   CHECK(server->stats().spliced > sent.size() / 2);
+  // Spliced bytes leave in frames larger than a copy chunk, up to the protocol's limit.
+  CHECK(server->stats().largest_data_sent > net::buffer_pool::chunk_size);
+  CHECK(server->stats().largest_data_sent <= proto::max_data_payload);
   CHECK(client->stats().spliced > 0);
   CHECK(client->stats().pipe_overflows > 0);
   CHECK(client->stats().spliced + client->stats().copied == sent.size());
@@ -486,4 +563,85 @@ TEST_CASE("a stream switching between small messages and bursts keeps its order"
   CHECK(client->stats().spliced > 0);
   CHECK(client->stats().copied > 0);
   CHECK(pool.outstanding() == 0);
+}
+
+TEST_CASE("over a slow link a bulk stream's window grows to carry the bandwidth-delay product",
+          "[mux][window]") {
+  // A 40 ms round trip: a fixed 256 KiB window would cap the stream at 6.4 MB/s. The receiver
+  // (the client, for an upload) must see the window limit it and grow it.
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [visitor, visitor_accepted] = loopback_pair(io);
+  tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  std::vector<std::uint8_t> received;
+  asio::co_spawn(io,
+                 stalled_reader(
+                     local, std::chrono::milliseconds(0),
+                     [](std::size_t) { return std::size_t(65536); }, received),
+                 asio::detached);
+  net::mux_hooks client_hooks;
+  client_hooks.dial = dial_to(io, local);
+  net::mux_settings settings;
+  settings.keepalive_interval = std::chrono::milliseconds(100);  // round-trip samples
+  std::list<tcp::socket> link;
+  auto [server, client] = start_delayed_sessions(io, pool, settings, {}, std::move(client_hooks),
+                                                 std::chrono::milliseconds(20), link);
+  REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
+  std::vector<std::uint8_t> sent(32 * 1024 * 1024);
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
+  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
+  io.run_for(std::chrono::seconds(60));
+  CHECK(received == sent);
+  INFO("client window reached " << client->stats().largest_window << ", rtt "
+                                << client->rtt().count() << " us, min " << client->min_rtt().count()
+                                << " us");
+  CHECK(client->rtt() >= std::chrono::milliseconds(40));
+  CHECK(client->min_rtt() >= std::chrono::milliseconds(40));  // what the estimate multiplies by
+  CHECK(client->stats().largest_window >= 4 * settings.initial_window);
+  CHECK(client->stats().largest_window <= settings.max_window);
+}
+
+TEST_CASE("a window stays small for a local reader slower than the link", "[mux][window]") {
+  // Same 40 ms link, but the local service reads 16 KiB every 4 ms (4 MB/s), less than the
+  // initial window carries (6.4 MB/s): the reader, not the window, limits the stream, so
+  // auto-tuning must leave the window alone, whatever bursts the reader's pace makes.
+  asio::io_context io;
+  net::buffer_pool pool;
+  auto [visitor, visitor_accepted] = loopback_pair(io);
+  tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  std::vector<std::uint8_t> received;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto [ec, s] = co_await local.async_accept(use_tuple);
+        REQUIRE(!ec);
+        s.set_option(asio::socket_base::receive_buffer_size(16 * 1024));
+        asio::steady_timer pace(s.get_executor());
+        std::array<std::uint8_t, 16384> buf;
+        for (;;) {
+          pace.expires_after(std::chrono::milliseconds(4));
+          co_await pace.async_wait(use_tuple);
+          auto [rec, n] = co_await s.async_read_some(asio::buffer(buf), use_tuple);
+          received.insert(received.end(), buf.begin(), buf.begin() + n);
+          if (rec) break;
+        }
+      },
+      asio::detached);
+  net::mux_hooks client_hooks;
+  client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
+    s.set_option(asio::socket_base::send_buffer_size(64 * 1024));  // the backlog shows soon
+  });
+  net::mux_settings settings;
+  settings.keepalive_interval = std::chrono::milliseconds(100);
+  std::list<tcp::socket> link;
+  auto [server, client] = start_delayed_sessions(io, pool, settings, {}, std::move(client_hooks),
+                                                 std::chrono::milliseconds(20), link);
+  REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
+  std::vector<std::uint8_t> sent(6 * 1024 * 1024);
+  for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 5 + i / 4093);
+  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
+  io.run_for(std::chrono::seconds(60));
+  CHECK(received == sent);
+  INFO("client window reached " << client->stats().largest_window);
+  CHECK(client->stats().largest_window <= 2 * settings.initial_window);
 }
