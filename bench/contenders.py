@@ -7,7 +7,7 @@ import os
 import subprocess
 import tempfile
 
-from lib import BIN, Proc, free_port, log, stop_all, wait_port
+from lib import BIN, WORKDIR, Proc, free_port, log, stop_all, wait_port
 
 SOCAT_PORTS = (44000, 44499)
 MIN_RELAY_PORTS = (45000, 45499)
@@ -167,9 +167,11 @@ def plain_flag():
     return _plain_flag
 
 
-def start_client(server, local, kind="tcp", netns=None, name="client", register=True, env=None):
+def start_client(server, local, kind="tcp", netns=None, name="client", register=True, env=None,
+                 link=None):
+    """link: the client's transport flags (default: clear text, as every figure but TLS uses)."""
     args = [os.path.join(BIN, "culvert"), kind, local, "--server", server, "--no-state",
-            "--log-level", "warn", *plain_flag()]
+            "--log-level", "warn", *(plain_flag() if link is None else link)]
     return Proc(name, args, netns=netns, register=register, env=env)
 
 
@@ -186,10 +188,15 @@ class Culvert:
         self.sup = None
         self.client = None
 
+    def link(self):
+        """(supervisor flags, client flags) for the tunnel link; None: clear text."""
+        return (), None
+
     def start(self, origin_port):
-        self.sup = Supervisor(env=self.env)
+        sup_flags, client_flags = self.link()
+        self.sup = Supervisor(extra=sup_flags, env=self.env)
         self.client = start_client(self.sup.server, f"127.0.0.1:{origin_port}", self.kind,
-                                   env=self.env)
+                                   env=self.env, link=client_flags)
         self.public_port = int(self.client.wait_for(FORWARDING).group(2))
         wait_port(self.public_port)
         return self.public_port
@@ -222,5 +229,40 @@ class CulvertCopy(Culvert):
     env = {"CULVERT_NO_SPLICE": "1"}
 
 
+class CulvertTls(Culvert):
+    """The same over TLS 1.3 (culvert-worker, the OpenSSL build), with a certificate from a
+    private CA made for this run; the client verifies it (--ca), as a real deployment would."""
+    name = "culvert tls"
+
+    def link(self):
+        ca, cert, key = tls_files()
+        return ("--tls-cert", cert, "--tls-key", key), ("--ca", ca)
+
+
+_tls_files = None
+
+
+def tls_files():
+    """A private CA and a certificate for 127.0.0.1 signed by it, made once per run."""
+    global _tls_files
+    if _tls_files is None:
+        directory = os.path.join(WORKDIR, "tls")
+        os.makedirs(directory, exist_ok=True)
+
+        def openssl(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=culvert bench CA")
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=bench")
+        with open(os.path.join(directory, "server.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+        _tls_files = tuple(os.path.join(directory, n) for n in ("ca.pem", "server.pem", "server.key"))
+    return _tls_files
+
+
 CONTENDERS = {"direct": Direct, "socat x2": SocatX2, "min relay x2": MinRelayX2,
-              "culvert": Culvert, "culvert copy": CulvertCopy, "culvert http": CulvertHttp}
+              "culvert": Culvert, "culvert copy": CulvertCopy, "culvert tls": CulvertTls,
+              "culvert http": CulvertHttp}

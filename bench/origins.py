@@ -3,6 +3,7 @@ an iperf3 server, and the Python echo server. Each start() returns the port it l
 
 import os
 import sys
+import urllib.request
 
 from lib import HELPERS, WORKDIR, Proc, free_port, wait_port
 
@@ -25,6 +26,9 @@ def start_iperf3():
 
 def start_nginx():
     port = free_port(*ORIGIN_PORTS)
+    # Started as root, nginx serves from worker processes running as nobody: they must be able to
+    # reach the file through the bench's private (0700) work directory, or every answer is a 403.
+    os.chmod(WORKDIR, 0o755)
     prefix = os.path.join(WORKDIR, f"nginx-{port}")
     os.makedirs(os.path.join(prefix, "html"), exist_ok=True)
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
@@ -54,4 +58,14 @@ http {{
 """)
     p = Proc("nginx", ["nginx", "-c", conf, "-p", prefix + "/"])
     wait_port(port)
+    # A figure of error pages would be meaningless: check the file is served before measuring.
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/small", timeout=5) as answer:
+            body = answer.read()
+    except OSError as e:  # urllib's HTTPError (a 403, say) is one
+        p.stop()
+        raise RuntimeError(f"nginx does not serve the test file: {e}") from e
+    if len(body) != 100:
+        p.stop()
+        raise RuntimeError(f"nginx served {len(body)} bytes instead of the 100-byte file")
     return p, port

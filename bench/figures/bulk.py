@@ -9,7 +9,7 @@ from figures.common import ratio_target, row, start_contenders, stop_contenders,
 from lib import cpu_seconds, descendants, log, wait_until
 from origins import start_iperf3
 
-NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert copy"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert copy", "culvert tls"]
 
 
 def iperf(port, seconds, streams, reverse):
@@ -62,11 +62,12 @@ def run(cfg):
             targets.append(ratio_target(f"bulk {label}: culvert >= 0.5x direct",
                                         med(rg, "culvert"), med(rg, "direct"), 0.5))
             cm, fm, dm = med(rg, "culvert"), med(rg, "min relay x2"), med(rg, "direct")
-            cc = med(rg, "culvert copy")
+            cc, ct = med(rg, "culvert copy"), med(rg, "culvert tls")
             if cm and fm and dm:
                 floor_notes.append(f"{label}: culvert {cm / fm:.2f}x min relay x2, which itself "
                                    f"reaches {fm / dm:.2f}x direct"
-                                   + (f"; splice gives {cm / cc:.2f}x culvert copy" if cc else ""))
+                                   + (f"; splice gives {cm / cc:.2f}x culvert copy" if cc else "")
+                                   + (f"; TLS reaches {ct / cm:.2f}x culvert" if ct else ""))
             cu, so = med(rc, "culvert"), med(rc, "socat x2")
             targets.append(target(f"CPU-s/GiB {label}: culvert < socat x2", cu,
                                   None if cu is None or so is None else cu < so,
@@ -82,4 +83,6 @@ def run(cfg):
                       "min relay x2: two chained splice relays (bench/helpers/min_relay.c), the "
                       "cheapest three TCP legs can be here. " + "; ".join(floor_notes),
                       "culvert copy: the same build with CULVERT_NO_SPLICE=1, so every stream byte "
-                      "is copied through the worker and the client (as on a TLS tunnel)."]}
+                      "is copied through the worker and the client (as on a TLS tunnel).",
+                      "culvert tls: the tunnel link over TLS 1.3 (a certificate from a private CA "
+                      "made for the run, verified by the client); no target applies to it."]}

@@ -1,12 +1,12 @@
 """Figure 3, added latency: 1-byte ping-pong over one connection at a fixed rate to an echo
 origin; p50/p99 of each contender minus direct's, paired run by run."""
 
-from figures.common import row, start_contenders, stop_contenders, target
+from figures.common import med, row, start_contenders, stop_contenders, target
 from figures.probe_run import probe
 from lib import log
 from origins import start_echo
 
-NAMES = ["direct", "socat x2", "min relay x2", "culvert"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert tls"]
 
 
 def run(cfg):
@@ -45,8 +45,24 @@ def run(cfg):
                       "n/a" if a50 is None else f"{a50:.1f} us"),
                target("added latency p99 <= 250 us", a99, None if a99 is None else a99 <= 250,
                       "n/a" if a99 is None else f"{a99:.1f} us")]
+    notes = [f"{cfg.ping_n} round trips at {cfg.ping_rate:g}/s per run (after 50 unrecorded), "
+             "Python client and Python echo origin for every contender; added = contender minus "
+             "direct in the same round."]
+    notes += hand_off_note(med(rows[0], "direct"), med(rows[2], "min relay x2"), a50)
     return {"title": "3. Added latency (1-byte ping-pong, one connection)", "rows": rows,
-            "targets": targets,
-            "notes": [f"{cfg.ping_n} round trips at {cfg.ping_rate:g}/s per run (after 50 "
-                      "unrecorded), Python client and Python echo origin for every contender; "
-                      "added = contender minus direct in the same round."]}
+            "targets": targets, "notes": notes}
+
+
+def hand_off_note(direct_p50, floor_p50, culvert_p50):
+    """What the added latency is made of: a relay chain of two processes (culvert's worker and
+    client, or min relay x2) adds four hand-offs from one process to the next per round trip
+    (direct has two: client to origin and back). min relay x2 does nothing else, so it is the
+    floor for any design with two relay processes."""
+    if None in (direct_p50, floor_p50, culvert_p50):
+        return []
+    return [f"What the added p50 is made of: a round trip through two relay processes adds four "
+            f"process hand-offs, a wake-up and a socket each way through each relay (direct's "
+            f"round trip, with two, takes {direct_p50:.0f} us). min relay x2, four hand-offs and "
+            f"nothing else, adds {floor_p50:.0f} us: the floor for two relay processes on this "
+            f"machine. culvert adds {culvert_p50:.0f} us, {culvert_p50 - floor_p50:+.0f} us "
+            f"beyond that floor (framing, the event loop)."]

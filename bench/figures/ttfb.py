@@ -6,7 +6,7 @@ from figures.probe_run import probe
 from lib import log
 from origins import start_echo
 
-NAMES = ["direct", "socat x2", "min relay x2", "culvert"]
+NAMES = ["direct", "socat x2", "min relay x2", "culvert", "culvert tls"]
 
 
 def run(cfg):
