@@ -11,6 +11,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <charconv>
 #include <csignal>
 #include <cstring>
 
@@ -650,9 +651,23 @@ void supervisor::start_worker(const tunnel_ptr& t) {
 
 asio::awaitable<void> supervisor::worker_channel_loop(
     tunnel_ptr t, std::shared_ptr<ipc::channel_socket> channel) {
+  // A worker serves the internet: if one goes bad, its noise must not flood the log.
+  int warnings_left = 10;
+  auto warn = [&](const char* what) {
+    if (warnings_left-- > 0)
+      spdlog::warn("{}: {} from worker {} ignored{}", t->domain, what, t->worker_pid,
+                   warnings_left == 0 ? " (further ones are not logged)" : "");
+  };
   for (;;) {
     auto received = co_await ipc::receive_message(*channel);
-    if (std::holds_alternative<boost::system::error_code>(received)) co_return;  // reaper handles
+    if (auto* ec = std::get_if<boost::system::error_code>(&received)) {
+      // A malformed message (oversized, bad control data) was consumed whole: skip it and keep
+      // listening, or this worker's later reports would go unread. Anything else is the
+      // channel's end, and the reaper handles the worker's exit.
+      if (*ec != boost::asio::error::invalid_argument) co_return;
+      warn("malformed message");
+      continue;
+    }
     auto& message = std::get<ipc::channel_message>(received);
     if (message.fd >= 0) ::close(message.fd);  // workers never send descriptors
     if (t->channel != channel || message.payload.empty()) continue;
@@ -667,8 +682,18 @@ asio::awaitable<void> supervisor::worker_channel_loop(
         co_await hand_over(t, std::move(waiting.socket), waiting.tls);
       }
     } else if (message.payload[0] == 'C') {
-      t->data_connections = std::uint16_t(std::strtoul(message.payload.c_str() + 1, nullptr, 10));
+      std::uint16_t count = 0;
+      const char* first = message.payload.data() + 1;
+      const char* last = message.payload.data() + message.payload.size();
+      auto [end, error] = std::from_chars(first, last, count);
+      if (error != std::errc{} || end != last) {
+        warn("malformed report");
+        continue;
+      }
+      t->data_connections = count;
       publish(*t);
+    } else {
+      warn("unknown message");
     }
   }
 }
