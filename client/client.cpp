@@ -32,6 +32,10 @@ namespace {
 
 constexpr auto max_backoff = std::chrono::milliseconds(5000);
 constexpr auto data_ready_timeout = std::chrono::seconds(15);
+// A server answers a bad token only after a delay that doubles per recent failure from the
+// address, up to a minute (auth_failure_delay_ms): the answer says what is wrong, where a timeout
+// would only retry and make the next delay longer. So the wait for it covers the longest delay.
+constexpr auto init_reply_timeout = std::chrono::seconds(65);
 
 std::chrono::milliseconds backoff(unsigned failures) {
   if (failures == 0) return std::chrono::milliseconds(0);
@@ -198,7 +202,16 @@ asio::awaitable<bool> client::control_session(bool first) {
     init.reclaim = proto::reclaim_request{saved->tunnel_id, saved->secret};
   }
   if (auto ec = co_await proto::write_frame(stream, proto::encode(init))) co_return true;
-  auto reply = co_await proto::read_frame(stream, options_.connect_timeout);
+  asio::steady_timer slow_answer(io_, options_.connect_timeout);
+  slow_answer.async_wait([server = options_.server](boost::system::error_code ec) {
+    if (!ec)
+      spdlog::warn(
+          "{} has not answered yet: a server delays refusing a bad token by up to a "
+          "minute after repeated ones; waiting for its answer",
+          server);
+  });
+  auto reply = co_await proto::read_frame(stream, init_reply_timeout);
+  slow_answer.cancel();
   auto* f = std::get_if<proto::frame>(&reply);
   if (!f) {
     spdlog::warn("handshake with {} failed: {}", options_.server,

@@ -1,6 +1,7 @@
 """Tokens from a tokens file: a missing and a wrong token get the same refusal after the same
-(growing) delay; each token keeps to its own tunnel limit, subdomain patterns and reserved names;
-a tokens file others may read is refused at start; good tunnels carry data throughout."""
+(growing) delay, also one longer than the client's connect timeout; each token keeps to its own
+tunnel limit, subdomain patterns and reserved names; a tokens file others may read is refused at
+start; good tunnels carry data throughout."""
 
 import hashlib
 import os
@@ -82,6 +83,19 @@ sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
             echo(c.port, os.urandom(100000))
         assert {sup.tunnel(c)["domain"].split(".")[0] for c in (a2,)} == {"alice"}
         print("per-token limits, patterns and reserved names hold; tunnels carry data")
+
+        # A refusal delayed past the client's 10 s connect timeout (as the 5th bad token in a
+        # row is, by default) still reaches the user as the reason, not as a timeout and retry.
+        slow = env.supervisor("--tokens-file", path, "--auth-failure-delay-ms", "10500",
+                              name="slow-supervisor")
+        started = time.monotonic()
+        p = env.client(slow, "tcp", local, "--no-state", "--token", "wrong-token-yyyyyyyy",
+                       name="bad-slow", expect_url=False)
+        code = p.popen.wait(60)
+        took = time.monotonic() - started
+        assert code == 2 and "the token is missing or not valid" in p.stderr(), (code, p.stderr())
+        assert "has not answered yet" in p.stderr() and took >= 10.5, (took, p.stderr())
+        print(f"a refusal after {took:.1f} s (past the connect timeout) still reaches the user")
 
 
 run_test(main)
