@@ -21,10 +21,10 @@ struct config {
   std::string public_host;                // host shown in tcp:// URLs; empty = public_bind
   std::string base_domain = "localhost";  // tunnels get <label>.<base_domain>
   std::uint16_t port_min = 20000, port_max = 20999;  // public port range
-  std::vector<std::string> tokens;  // accepted client tokens; empty = no token needed
-  std::string tokens_file;          // TOML [[token]] entries with limits; not with tokens
-  std::uint32_t max_tunnels = 1024;
-  std::uint32_t max_tunnels_per_token = 16;    // default of a token's max_tunnels
+  std::vector<std::string> tokens;           // accepted client tokens; empty = no token needed
+  std::string tokens_file;                   // TOML [[token]] entries with limits; not with tokens
+  std::uint32_t max_tunnels = 1000;          // as many as the default port range has ports
+  std::uint32_t max_tunnels_per_token = 16;  // default of a token's max_tunnels
   std::uint32_t max_tunnels_per_address = 64;  // per IPv4 address or IPv6 /64
   std::uint32_t max_handshakes_per_address = 16;
   std::chrono::milliseconds auth_failure_delay{1000};  // first bad token's wait; doubles per retry
@@ -34,12 +34,12 @@ struct config {
   std::chrono::seconds handshake_timeout{5};
   std::uint32_t max_pending_handshakes = 256;
   std::uint32_t max_visitors = 16384;  // open visitor connections per tunnel (worker limit)
-  std::uint8_t data_connections = 2;  // data connections each client opens (1..16)
-  std::string tls_cert, tls_key;      // PEM files; both empty = clear text
-  std::string instance = "default";   // names the shared-memory segment /culvert-<instance>
-  std::string worker_path;            // empty = culvert-worker beside the supervisor
-  std::string user = "nobody";        // account for workers and the dropped supervisor (if root)
-  std::string log_level = "info";     // trace debug info warn error
+  std::uint8_t data_connections = 2;   // data connections each client opens (1..16)
+  std::string tls_cert, tls_key;       // PEM files; both empty = clear text
+  std::string instance = "default";    // names the shared-memory segment /culvert-<instance>
+  std::string worker_path;             // empty = culvert-worker beside the supervisor
+  std::string user = "nobody";         // account for workers and the dropped supervisor (if root)
+  std::string log_level = "info";      // trace debug info warn error
 
   friend bool operator==(const config&, const config&) = default;
 };

@@ -160,6 +160,10 @@ void supervisor::start() {
   spdlog::info("tunnels: *.{} on {} ports {}-{}, at most {}; shared table {}", config_.base_domain,
                config_.public_bind, config_.port_min, config_.port_max, config_.max_tunnels,
                table_->name());
+  const std::uint32_t ports = std::uint32_t(config_.port_max) - config_.port_min + 1;
+  if (ports < config_.max_tunnels)
+    spdlog::warn("the port range {}-{} holds {} ports: at most {} tunnels, not max_tunnels {}",
+                 config_.port_min, config_.port_max, ports, ports, config_.max_tunnels);
   if (tokens_.open())
     spdlog::warn("no tokens configured: any client may open tunnels");
   else

@@ -70,7 +70,7 @@ TEST_CASE("defaults are the documented ones and valid", "[config]") {
   CHECK(cfg.port_min == 20000);
   CHECK(cfg.port_max == 20999);
   CHECK(cfg.tokens.empty());
-  CHECK(cfg.max_tunnels == 1024);
+  CHECK(cfg.max_tunnels == 1000);
   CHECK(cfg.tokens_file.empty());
   CHECK(cfg.max_tunnels_per_token == 16);
   CHECK(cfg.max_tunnels_per_address == 64);
@@ -434,7 +434,7 @@ TEST_CASE("flag --help exits 0 and mentions every flag and its default", "[confi
   }
   for (const char* shown_default :
        {"(default: 127.0.0.1:7835)", "(default: 127.0.0.1)", "(default: the --public-bind",
-        "(default: localhost)", "(default: 20000-20999)", "(default: 1024)", "(default: 30)",
+        "(default: localhost)", "(default: 20000-20999)", "(default: 1000)", "(default: 30)",
         "(default: 5)", "(default: 256)", "(default: 2)", "(default: default)",
         "(default: culvert-worker", "(default: info)", "(default: none"}) {
     INFO(shown_default);
