@@ -213,6 +213,13 @@ def descendants(roots):
     return out
 
 
+def tcp_retransmitted_segments():
+    """Tcp RetransSegs of this network namespace (/proc/net/snmp): every TCP socket's resends."""
+    with open("/proc/net/snmp") as f:
+        tcp = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("RetransSegs")])
+
+
 def cpu_seconds(roots):
     """utime+stime of roots and live descendants, plus cutime+cstime (children already reaped)."""
     total = 0

@@ -530,7 +530,7 @@ bool mux_session::drain_rx_pipe(const stream_ptr& s) {
   std::size_t written = 0;
   while (front.end - front.begin > written) {
     const ssize_t m =
-        s->rx_pipe->drain_to(s->socket.native_handle(), front.end - front.begin - written, false);
+        s->rx_pipe->drain_to(s->socket.native_handle(), front.end - front.begin - written);
     if (m > 0) {
       written += std::size_t(m);
       continue;
@@ -680,9 +680,11 @@ asio::awaitable<void> mux_session::write_loop() {
       bytes += f.payload_length;
     }
     if (!buffers.empty()) {
-      // Before a spliced payload the headers are held back (MSG_MORE) to leave in its segment.
-      auto [ec, n] =
-          spliced ? co_await send_held_back(buffers) : co_await connection_.write(buffers);
+      // Before a spliced payload the headers go out on their own, not held back with MSG_MORE
+      // for the payload's segment: a held-back header made the kernel send the rest of that
+      // segment later from the peer's ACK (on loopback, the peer's CPU), out of order, and about
+      // 1 byte in 30 was resent spuriously (docs/performance.md, section 1).
+      auto [ec, n] = co_await connection_.write(buffers);
       if (!open_) co_return;
       if (ec) {
         close("write failed: " + ec.message());
@@ -690,7 +692,7 @@ asio::awaitable<void> mux_session::write_loop() {
       }
     }
     if (spliced) {
-      auto ec = co_await splice_payload(*spliced, datas < data_queue_.size());
+      auto ec = co_await splice_payload(*spliced);
       if (!open_) co_return;
       if (ec) {
         close("write failed: " + ec.message());
@@ -713,35 +715,12 @@ asio::awaitable<void> mux_session::write_loop() {
   }
 }
 
-// Clear text only: the headers before a spliced payload, with MSG_MORE so the kernel sends them
-// in the payload's segment instead of a tiny one of their own.
-asio::awaitable<std::tuple<error_code, std::size_t>> mux_session::send_held_back(
-    std::vector<asio::const_buffer>& buffers) {
-  auto& socket = connection_.socket();
-  std::size_t first = 0, total = 0;
-  while (first < buffers.size()) {
-    error_code ec;
-    std::size_t n = socket.send(std::span(buffers).subspan(first), MSG_MORE, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      auto [wait_error] = co_await socket.async_wait(tcp::socket::wait_write, use_tuple);
-      if (wait_error) co_return std::tuple(wait_error, total);
-      continue;
-    }
-    if (ec) co_return std::tuple(ec, total);
-    total += n;
-    for (; first < buffers.size() && n >= buffers[first].size(); ++first)
-      n -= buffers[first].size();
-    if (first < buffers.size()) buffers[first] += n;
-  }
-  co_return std::tuple(error_code{}, total);
-}
-
 // Moves a DATA frame's payload from its stream's pipe to the connection; its header went first.
-asio::awaitable<error_code> mux_session::splice_payload(out_frame& f, bool more_frames) {
+asio::awaitable<error_code> mux_session::splice_payload(out_frame& f) {
   auto& socket = connection_.socket();
   std::size_t left = f.payload_length;
   while (left > 0) {
-    const ssize_t n = f.owner->pipe->drain_to(socket.native_handle(), left, more_frames);
+    const ssize_t n = f.owner->pipe->drain_to(socket.native_handle(), left);
     if (n > 0) {
       left -= std::size_t(n);
       continue;

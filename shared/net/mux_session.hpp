@@ -109,9 +109,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   boost::asio::awaitable<void> peer_to_socket(stream_ptr);
   boost::asio::awaitable<void> dial_then_relay(stream_ptr);
   boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
-  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> send_held_back(
-      std::vector<boost::asio::const_buffer>&);
-  boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&, bool more_frames);
+  boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&);
 
   // Frame handling (reader side). Return false after a protocol violation (session closed).
   bool handle_frame(const protocol::frame_header&, std::span<const std::uint8_t> payload);

@@ -61,9 +61,8 @@ ssize_t splice_pipe::fill_from(int socket, std::size_t max) {
   return ::splice(socket, nullptr, write_end_, nullptr, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 }
 
-ssize_t splice_pipe::drain_to(int socket, std::size_t max, bool more) {
-  return ::splice(read_end_, nullptr, socket, nullptr, max,
-                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (more ? SPLICE_F_MORE : 0u));
+ssize_t splice_pipe::drain_to(int socket, std::size_t max) {
+  return ::splice(read_end_, nullptr, socket, nullptr, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 }
 
 ssize_t splice_pipe::take_back(void* into, std::size_t max) {

@@ -31,8 +31,8 @@ class splice_pipe {
   // -1 with errno (EAGAIN: nothing to read, or the pipe has no free slot).
   ssize_t fill_from(int socket, std::size_t max);
   // Up to `max` bytes of the pipe into the socket: bytes moved or -1 with errno (EAGAIN: the
-  // socket is full). `more`: further bytes follow at once, so the kernel may hold a short segment.
-  ssize_t drain_to(int socket, std::size_t max, bool more);
+  // socket is full).
+  ssize_t drain_to(int socket, std::size_t max);
   // Copies bytes out of the pipe (for what a full socket could not take): count or -1.
   ssize_t take_back(void* into, std::size_t max);
 
