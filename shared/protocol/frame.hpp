@@ -14,9 +14,10 @@
 
 namespace culvert::shared::protocol {
 
-inline constexpr std::uint16_t protocol_version = 1;
+// 2: DATA frames up to 1 MiB (version 1 allowed 256 KiB); a version 1 peer is refused by name.
+inline constexpr std::uint16_t protocol_version = 2;
 inline constexpr std::size_t header_size = 10;
-inline constexpr std::size_t max_data_payload = 256 * 1024;   // DATA frames
+inline constexpr std::size_t max_data_payload = 1024 * 1024;  // DATA frames
 inline constexpr std::size_t max_control_payload = 2 * 1024;  // every other frame
 
 enum class frame_type : std::uint8_t {

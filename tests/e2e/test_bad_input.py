@@ -9,7 +9,8 @@ import socket
 import struct
 import time
 
-from harness import Environment, connect, echo_handler, recv_all, run_test, wait_until
+from harness import (PROTOCOL_VERSION, Environment, connect, echo_handler, recv_all, run_test,
+                     wait_until)
 
 HANDSHAKE_TIMEOUT = 1
 ERROR = 4
@@ -58,7 +59,7 @@ def main():
         port = sup.control_port
         echo_check(client.port)
 
-        protocol_error, handshake_timeout, unknown_tunnel = 1, 7, 11
+        protocol_error, version_mismatch, handshake_timeout, unknown_tunnel = 1, 6, 7, 11
         # (0x16 would start a TLS record, which a clear-text server closes without a word.)
         garbage = os.urandom(4096)
         if garbage[0] == 0x16:
@@ -67,13 +68,17 @@ def main():
         expect_error(port, header(0xFFFFFFF0, 1), protocol_error, what="oversized length")
         expect_error(port, header(4, 0x7E) + b"abcd", protocol_error, what="unknown type")
         expect_error(port, header(8, 5) + b"12345678", protocol_error, what="PING before INIT")
-        expect_error(port, header(3, 1) + b"\0\1\1", protocol_error, what="truncated INIT")
+        expect_error(port, header(3, 1) + struct.pack(">HB", PROTOCOL_VERSION, 2), protocol_error,
+                     what="truncated INIT")
+        old_init = struct.pack(">HBBB", 1, 2, 0, 0) + b"\0"  # version 1, tcp, no token/name/reclaim
+        expect_error(port, header(len(old_init), 1) + old_init, version_mismatch,
+                     what="INIT of protocol version 1")
         expect_error(port, b"", handshake_timeout, within=HANDSHAKE_TIMEOUT + 3, what="silence")
         expect_error(port, header(40, 1)[:6], handshake_timeout, within=HANDSHAKE_TIMEOUT + 3,
                      what="stalled header")
         expect_error(port, header(40, 1) + b"\0\1", handshake_timeout,
                      within=HANDSHAKE_TIMEOUT + 3, what="stalled payload")
-        wrong = header(42, 6) + struct.pack(">HQ", 1, 12345) + bytes(32)
+        wrong = header(42, 6) + struct.pack(">HQ", PROTOCOL_VERSION, 12345) + bytes(32)
         expect_error(port, wrong, unknown_tunnel, what="DATA_INIT with a wrong secret")
 
         # Many at once, some never finishing: the supervisor still serves everyone.
@@ -121,8 +126,9 @@ def main():
         victim = sup.tunnel(client)
         thief = socket.create_connection(("127.0.0.1", port), timeout=5)
         token, subdomain = b"", b""
-        init = (struct.pack(">HB", 1, 2) + bytes([len(token)]) + token + bytes([len(subdomain)])
-                + subdomain + b"\x01" + struct.pack(">Q", victim["tunnel_id"]) + os.urandom(32))
+        init = (struct.pack(">HB", PROTOCOL_VERSION, 2) + bytes([len(token)]) + token
+                + bytes([len(subdomain)]) + subdomain + b"\x01"
+                + struct.pack(">Q", victim["tunnel_id"]) + os.urandom(32))
         thief.sendall(header(len(init), 1) + init)
         reply = thief.recv(4096)
         length, kind = struct.unpack(">IB", reply[:5])

@@ -8,8 +8,8 @@ import socket
 import ssl
 import struct
 
-from harness import (BIN, Environment, assert_echoed, connect, echo_handler, make_certificates,
-                     recv_all, run_test, wait_until)
+from harness import (BIN, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
+                     make_certificates, recv_all, run_test, wait_until)
 
 
 def refused(env, sup, *args, name):
@@ -58,7 +58,8 @@ def main():
         # handshake that cannot offer the key. The worker drops it; the tunnel carries on.
         tunnel = sup.tunnel(client)
         raw = connect(sup.control_port)
-        raw.sendall(struct.pack(">IBBI", 10, 9, 0, 0) + struct.pack(">HQ", 1, tunnel["tunnel_id"]))
+        raw.sendall(struct.pack(">IBBI", 10, 9, 0, 0)
+                    + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]))
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -70,8 +71,8 @@ def main():
             print("intruder on the data path:", type(e).__name__, e)
         # A clear-text DATA_INIT (with any secret) is refused on a TLS server.
         s = connect(sup.control_port)
-        s.sendall(struct.pack(">IBBI", 42, 6, 0, 0) + struct.pack(">HQ", 1, tunnel["tunnel_id"])
-                  + bytes(32))
+        s.sendall(struct.pack(">IBBI", 42, 6, 0, 0)
+                  + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]) + bytes(32))
         reply = recv_all(s)
         assert reply[4] == 4 and b"requires TLS" in reply, reply
         s = connect(client.port)

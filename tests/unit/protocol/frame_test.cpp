@@ -53,7 +53,7 @@ TEST_CASE("frame headers round-trip for every type", "[frame]") {
       {frame_type::data_route, 10, 0, 0},
       {frame_type::open, 20, 0, 7},
       {frame_type::data, 65536, proto::flags::fin, 0xFFFFFFFF},
-      {frame_type::data, 262144, 0, 3},  // max_data_payload, the wire limit in protocol.md
+      {frame_type::data, 1048576, 0, 3},  // max_data_payload, the wire limit in protocol.md
       {frame_type::data, 0, proto::flags::fin, 1},
       {frame_type::window, 4, 0, 3},
       {frame_type::reset, 4, 0, 9},

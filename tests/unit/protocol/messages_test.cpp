@@ -76,7 +76,7 @@ TEST_CASE("INIT round-trips and rejects malformed payloads", "[messages]") {
     CHECK_FALSE(proto::decode_init(payload));
   }
   SECTION("subdomain longer than a DNS label") {
-    std::vector<std::uint8_t> p = {0, 1, 1, 0, 64};
+    std::vector<std::uint8_t> p = {0, std::uint8_t(proto::protocol_version), 1, 0, 64};
     p.insert(p.end(), 64, 'a');
     p.push_back(0);
     CHECK_FALSE(proto::decode_init(p));
