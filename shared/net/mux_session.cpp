@@ -682,8 +682,8 @@ asio::awaitable<void> mux_session::write_loop() {
     if (!buffers.empty()) {
       // Before a spliced payload the headers go out on their own, not held back with MSG_MORE
       // for the payload's segment: a held-back header made the kernel send the rest of that
-      // segment later from the peer's ACK (on loopback, the peer's CPU), out of order, and about
-      // 1 byte in 30 was resent spuriously (docs/performance.md, section 1).
+      // segment later from the peer's ACK (on loopback, the peer's CPU), out of order, and
+      // segments were resent spuriously (docs/performance.md, section 1).
       auto [ec, n] = co_await connection_.write(buffers);
       if (!open_) co_return;
       if (ec) {
