@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "shared/ipc/tunnel_table.hpp"
+#include "shared/log/printable.hpp"
 
 namespace culvert::supervisor {
 
@@ -81,10 +82,7 @@ std::string to_lower(std::string_view s) {
 // The requested label comes from an untrusted client and ends up in logs and in its reply: keep
 // it printable and short.
 std::string printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, max_label_length)) out += (c > ' ' && c < 0x7f) ? c : '?';
-  if (s.size() > max_label_length) out += "...";
-  return out;
+  return shared::log::printable(s, max_label_length);
 }
 
 std::uint64_t power_of_ten(int exponent) {

@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "shared/log/printable.hpp"
 #include "supervisor/config.hpp"
 #include "supervisor/domain_pool.hpp"
 
@@ -33,10 +34,7 @@ namespace {
 
 // What a client or the operator sent, made safe to print: printable ASCII, at most 80 bytes.
 std::string shown(std::string_view value) {
-  std::string out = "'";
-  for (char c : value.substr(0, 80)) out += (c >= ' ' && c < 0x7f) ? c : '?';
-  if (value.size() > 80) out += "...";
-  return out + "'";
+  return "'" + shared::log::printable(value, 80) + "'";
 }
 
 std::string to_lower(std::string_view text) {

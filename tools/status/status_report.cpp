@@ -15,6 +15,8 @@
 #include <limits>
 #include <ostream>
 
+#include "shared/log/printable.hpp"
+
 namespace culvert::tools {
 
 namespace ipc = shared::ipc;
@@ -52,10 +54,8 @@ std::int64_t system_now_unix_ms() {
 }  // namespace
 
 std::string field_text(const char* field, std::size_t capacity) {
-  std::string text(field, ::strnlen(field, capacity));
-  for (char& c : text)
-    if (c < 0x20 || c > 0x7e) c = '?';
-  return text;
+  return shared::log::printable(std::string_view(field, ::strnlen(field, capacity)), capacity,
+                                shared::log::unprintable_as::question_mark);
 }
 
 std::string format_uptime(std::int64_t seconds) {
