@@ -545,7 +545,7 @@ std::string read_file(const std::string& path) {
   struct closer {
     void operator()(std::FILE* f) const { std::fclose(f); }
   };
-  const std::unique_ptr<std::FILE, closer> file(std::fopen(path.c_str(), "rb"));
+  const std::unique_ptr<std::FILE, closer> file(std::fopen(path.c_str(), "rbe"));
   if (!file)
     throw config_error("cannot open config file " + shown(path) +
                        ": fopen: " + std::strerror(errno));

@@ -3,6 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "shared/net/cloexec_socket.hpp"
+
 namespace culvert::supervisor {
 
 using boost::asio::ip::tcp;
@@ -13,13 +15,8 @@ public_ports::public_ports(boost::asio::io_context& io, std::string bind_address
 
 std::optional<tcp::acceptor> public_ports::bind(std::uint16_t port) {
   if (taken_.count(port)) return std::nullopt;
-  tcp::acceptor acceptor(io_);
   boost::system::error_code ec;
-  const tcp::endpoint endpoint(address_, port);
-  acceptor.open(endpoint.protocol(), ec);
-  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor.bind(endpoint, ec);
-  if (!ec) acceptor.listen(4096, ec);
+  tcp::acceptor acceptor = shared::net::open_listener(io_, tcp::endpoint(address_, port), 4096, ec);
   if (ec) {
     spdlog::debug("public port {} not usable: {}", port, ec.message());
     return std::nullopt;

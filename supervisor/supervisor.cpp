@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "shared/net/address.hpp"
+#include "shared/net/cloexec_socket.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
 #include "shared/protocol/frame_io.hpp"
@@ -130,10 +131,10 @@ void supervisor::start() {
   const auto where = shared::net::parse_host_port(config_.control_address);
   if (!where) throw std::runtime_error("bad control address " + config_.control_address);
   const tcp::endpoint endpoint(asio::ip::make_address(where->host), where->port);
-  control_.open(endpoint.protocol());
-  control_.set_option(tcp::acceptor::reuse_address(true));
-  control_.bind(endpoint);
-  control_.listen(4096);
+  boost::system::error_code listen_error;
+  control_ = shared::net::open_listener(io_, endpoint, 4096, listen_error);
+  if (listen_error)
+    throw boost::system::system_error(listen_error, "listening on " + config_.control_address);
   if (worker_account_) {
     // Everything that needed root is done (TLS key read, control port bound, table created). Only
     // public ports below 1024, bound per tunnel later, still need a privilege: keep just that one.
@@ -194,7 +195,7 @@ void supervisor::wait_for_hangup() {
 
 asio::awaitable<void> supervisor::accept_loop() {
   while (!stopping_) {
-    auto [ec, socket] = co_await control_.async_accept(use_tuple);
+    auto [ec, socket] = co_await shared::net::accept_cloexec(control_);
     if (stopping_) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "shared/net/address.hpp"
+#include "shared/net/cloexec_socket.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
 #include "shared/protocol/frame_io.hpp"
@@ -245,7 +246,7 @@ asio::awaitable<void> worker::accept_loop() {
       co_await wait_for_session(std::chrono::hours(24));
       continue;  // look again: a session, or stopping
     }
-    auto [ec, visitor] = co_await listener_.async_accept(use_tuple);
+    auto [ec, visitor] = co_await net::accept_cloexec(listener_);
     if (stopping_) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
