@@ -422,6 +422,16 @@ const auto& settings() {
        .get_text = [](const config& c) { return c.user; },
        .set_text = [](config& c, std::string_view v) { c.user = v; },
        .check_text = check_user},
+      {.key = "worker_uid_base",
+       .flag = "--worker-uid-base",
+       .value_name = "UID",
+       .help = "Started as root, run each worker as uid and gid UID + its slot (0: every worker "
+               "as --user); the range must be free of accounts and groups",
+       .kind = value_kind::number,
+       .get_number = [](const config& c) -> std::int64_t { return c.worker_uid_base; },
+       .set_number = [](config& c, std::int64_t v) { c.worker_uid_base = std::uint32_t(v); },
+       .min = 0,
+       .max = limits::max_worker_uid},
       {.key = "log_level",
        .flag = "--log-level",
        .value_name = "LEVEL",
@@ -664,6 +674,14 @@ void validate(const config& cfg) {
     throw config_error(
         "tokens (--token) and tokens_file (--tokens-file) cannot be used together: "
         "put every token in the tokens file");
+  if (cfg.worker_uid_base != 0 &&
+      (cfg.worker_uid_base < limits::min_worker_uid_base ||
+       std::uint64_t(cfg.worker_uid_base) + cfg.max_tunnels - 1 > limits::max_worker_uid))
+    throw config_error("worker_uid_base (--worker-uid-base) must be 0 or from " +
+                       std::to_string(limits::min_worker_uid_base) + " to " +
+                       std::to_string(limits::max_worker_uid - cfg.max_tunnels + 1) +
+                       " (one uid per tunnel, max_tunnels " + std::to_string(cfg.max_tunnels) +
+                       "), got " + std::to_string(cfg.worker_uid_base));
   if (cfg.heartbeat_timeout <= cfg.heartbeat_interval)
     throw config_error(
         "heartbeat_timeout (--heartbeat-timeout) must be greater than "

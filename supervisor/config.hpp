@@ -39,7 +39,11 @@ struct config {
   std::string instance = "default";    // names the shared-memory segment /culvert-<instance>
   std::string worker_path;             // empty = culvert-worker beside the supervisor
   std::string user = "nobody";         // account for workers and the dropped supervisor (if root)
-  std::string log_level = "info";      // trace debug info warn error
+  // Started as root, each worker runs as uid = gid = worker_uid_base + its slot, so tenants cannot
+  // signal, trace or read each other; 0 = every worker as `user`. The default sits in the span
+  // systemd's UIDS-GIDS.md leaves unassigned (1879048192-2147352575); checked free at start.
+  std::uint32_t worker_uid_base = 0;
+  std::string log_level = "info";  // trace debug info warn error
 
   friend bool operator==(const config&, const config&) = default;
 };
@@ -56,7 +60,9 @@ inline constexpr std::int64_t max_heartbeat_interval = 3600;
 inline constexpr std::size_t max_token_bytes = 255;
 inline constexpr std::size_t max_instance_chars = 32;
 inline constexpr std::int64_t max_auth_failure_delay_ms = 60'000;
-inline constexpr std::size_t max_user_chars = 32;  // useradd's limit
+inline constexpr std::size_t max_user_chars = 32;               // useradd's limit
+inline constexpr std::uint32_t min_worker_uid_base = 65536;     // above the 16-bit ids, nobody
+inline constexpr std::uint32_t max_worker_uid = 4'294'967'293;  // (uid_t)-1 and -2 are special
 }  // namespace limits
 
 class config_error : public std::runtime_error {

@@ -84,11 +84,17 @@ void set_capabilities(std::uint32_t mask) {
 }
 
 void prove_dropped(const account& who, std::uint32_t capability_mask) {
-  // Each of these must fail now; a success means we are root again.
-  if (::setresuid(0, 0, 0) == 0) privileges_still_held("setresuid(0, 0, 0) succeeded");
-  if (::setuid(0) == 0) privileges_still_held("setuid(0) succeeded");
-  if (who.gid != 0 && ::setegid(0) == 0) privileges_still_held("setegid(0) succeeded");
-  if (who.gid != 0 && ::setgid(0) == 0) privileges_still_held("setgid(0) succeeded");
+  // Each of these must fail now; a success means we are root again. The worker spawner keeps
+  // CAP_SETUID and CAP_SETGID by design (it switches each worker to its own uid): for it the
+  // proof is that the capability sets hold exactly those, checked below.
+  if (!(capability_mask & CAP_TO_MASK(CAP_SETUID))) {
+    if (::setresuid(0, 0, 0) == 0) privileges_still_held("setresuid(0, 0, 0) succeeded");
+    if (::setuid(0) == 0) privileges_still_held("setuid(0) succeeded");
+  }
+  if (!(capability_mask & CAP_TO_MASK(CAP_SETGID))) {
+    if (who.gid != 0 && ::setegid(0) == 0) privileges_still_held("setegid(0) succeeded");
+    if (who.gid != 0 && ::setgid(0) == 0) privileges_still_held("setgid(0) succeeded");
+  }
 
   uid_t ruid, euid, suid;
   gid_t rgid, egid, sgid;
@@ -141,11 +147,67 @@ std::optional<account> find_account(const std::string& name) {
   }
 }
 
+namespace {
+
+bool in_range(std::uint64_t id, std::uint32_t first, std::uint32_t count) {
+  return id >= first && id < std::uint64_t(first) + count;
+}
+
+// The first "name:start:count" line of a subordinate-id file that overlaps the range.
+std::optional<std::string> subordinate_overlap(const char* path, std::uint32_t first,
+                                               std::uint32_t count) {
+  std::FILE* file = std::fopen(path, "re");
+  if (!file) return std::nullopt;  // no such file: no ranges handed out
+  char line[512];
+  std::optional<std::string> found;
+  while (!found && std::fgets(line, sizeof(line), file)) {
+    char name[256];
+    unsigned long long start = 0, length = 0;
+    if (std::sscanf(line, "%255[^:]:%llu:%llu", name, &start, &length) == 3 && length > 0 &&
+        start < std::uint64_t(first) + count && start + length > first)
+      found = std::string(path) + " gives " + name + " " + std::to_string(start) + "-" +
+              std::to_string(start + length - 1);
+  }
+  std::fclose(file);
+  return found;
+}
+
+}  // namespace
+
+std::optional<std::string> worker_uid_conflict(std::uint32_t first, std::uint32_t count,
+                                               const account& self) {
+  if (in_range(self.uid, first, count) || in_range(self.gid, first, count))
+    return "they include the supervisor's own account " + self.name;
+  std::optional<std::string> found;
+  ::setpwent();
+  while (const passwd* entry = ::getpwent())
+    if (!found && in_range(entry->pw_uid, first, count))
+      found =
+          "account " + std::string(entry->pw_name) + " has uid " + std::to_string(entry->pw_uid);
+  ::endpwent();
+  ::setgrent();
+  while (const group* entry = ::getgrent())
+    if (!found && in_range(entry->gr_gid, first, count))
+      found = "group " + std::string(entry->gr_name) + " has gid " + std::to_string(entry->gr_gid);
+  ::endgrent();
+  if (!found) found = subordinate_overlap("/etc/subuid", first, count);
+  if (!found) found = subordinate_overlap("/etc/subgid", first, count);
+  return found;
+}
+
 bool running_as_root() {
   return ::geteuid() == 0;
 }
 
-void drop_privileges(const account& who, bool keep_net_bind_service) {
+std::uint32_t net_bind_service_capability() {
+  return CAP_TO_MASK(CAP_NET_BIND_SERVICE);
+}
+
+std::uint32_t worker_spawner_capabilities() {
+  return CAP_TO_MASK(CAP_SETUID) | CAP_TO_MASK(CAP_SETGID) | CAP_TO_MASK(CAP_KILL);
+}
+
+void drop_privileges(const account& who, std::uint32_t keep) {
   if (who.uid == 0) {
     errno = EINVAL;
     fail("drop_privileges", "user '" + who.name + "' has uid 0; it must be unprivileged");
@@ -158,12 +220,11 @@ void drop_privileges(const account& who, bool keep_net_bind_service) {
   if (::setgroups(1, &who.gid) != 0) fail("setgroups", "switching to " + target);
   if (::setresgid(who.gid, who.gid, who.gid) != 0) fail("setresgid", "switching to " + target);
   // Keepcaps only spans the uid change; capset below trims the permitted set to the one we want.
-  if (keep_net_bind_service && ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
-    fail("prctl(PR_SET_KEEPCAPS)", "keeping CAP_NET_BIND_SERVICE across the uid change");
+  if (keep && ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
+    fail("prctl(PR_SET_KEEPCAPS)", "keeping capabilities across the uid change");
   if (::setresuid(who.uid, who.uid, who.uid) != 0) fail("setresuid", "switching to " + target);
-  const std::uint32_t mask = keep_net_bind_service ? CAP_TO_MASK(CAP_NET_BIND_SERVICE) : 0;
-  set_capabilities(mask);
-  if (keep_net_bind_service && ::prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0)
+  set_capabilities(keep);
+  if (keep && ::prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0)
     fail("prctl(PR_SET_KEEPCAPS, 0)", "after the uid change");
   // Ambient capabilities would survive exec into the workers; the kernel drops them with the
   // permitted set, clear them anyway (EINVAL: a kernel before 4.3 has none).
@@ -175,7 +236,7 @@ void drop_privileges(const account& who, bool keep_net_bind_service) {
   // our memory through /proc (the kernel usually sets this on the uid change; make it certain).
   if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
     fail("prctl(PR_SET_DUMPABLE, 0)", "after switching to " + target);
-  prove_dropped(who, mask);
+  prove_dropped(who, keep);
 }
 
 int drop_in_child(uid_t uid, gid_t gid) noexcept {
@@ -189,7 +250,7 @@ int drop_in_child(uid_t uid, gid_t gid) noexcept {
     if (::syscall(sys_setresgid, gid, gid, gid) != 0) return errno;
     if (::syscall(sys_setresuid, uid, uid, uid) != 0) return errno;
   }
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno;
+  if (const int failed = forbid_new_privileges()) return failed;
   // The proof: with uid != 0 and no CAP_SETUID, both calls must fail.
   if (uid != 0 && (::syscall(sys_setresuid, 0, 0, 0) == 0 || ::syscall(sys_setuid, 0) == 0))
     return EPERM;
@@ -199,6 +260,14 @@ int drop_in_child(uid_t uid, gid_t gid) noexcept {
 }
 
 int forbid_new_privileges() noexcept {
+  // The spawner's CAP_SETUID, CAP_SETGID and CAP_KILL must not reach the worker: a uid change
+  // between non-zero ids keeps capabilities, and exec only drops them because no_new_privs and
+  // an empty inheritable set leave nothing to gain. Clear them here rather than rely on that.
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {};
+  if (::syscall(SYS_capset, &header, none) != 0) return errno;
+  if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+    return errno;
   return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 ? 0 : errno;
 }
 

@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -25,22 +26,34 @@ std::optional<account> find_account(const std::string& name);
 
 bool running_as_root();
 
+// Why uids and gids first .. first + count - 1 cannot be workers' own ids, or nullopt: one of them
+// names an account or group, is `self`'s, or lies in an /etc/subuid or /etc/subgid range (user
+// namespaces of containers may map it). Reads the whole passwd and group databases once.
+std::optional<std::string> worker_uid_conflict(std::uint32_t first, std::uint32_t count,
+                                               const account& self);
+
+// Capability masks for drop_privileges (all in the first 32-bit word of the capability sets).
+inline constexpr std::uint32_t keep_no_capabilities = 0;
+std::uint32_t net_bind_service_capability();  // the supervisor: public ports below 1024
+std::uint32_t worker_spawner_capabilities();  // CAP_SETUID, CAP_SETGID, CAP_KILL
+
 // Drops the calling process (which must be single-threaded: capabilities and keepcaps are
 // per-thread) from root to `who`: supplementary groups become {who.gid}, then gid, then uid.
-// With keep_net_bind_service, CAP_NET_BIND_SERVICE stays permitted and effective (and nothing
-// else); otherwise every capability goes. Sets PR_SET_NO_NEW_PRIVS, then proves the drop: if
+// The capabilities in `keep` stay permitted and effective (and nothing else). Sets
+// PR_SET_NO_NEW_PRIVS and makes the process non-dumpable, then proves the drop: if
 // setresuid(0,0,0), setuid(0) or setegid(0) succeeds, aborts with a message. Throws
 // std::system_error naming the failed call otherwise.
-void drop_privileges(const account& who, bool keep_net_bind_service);
+void drop_privileges(const account& who, std::uint32_t keep);
 
-// For the child between fork and exec: async-signal-safe, no allocation, no logging. Sets groups
-// {gid}, gid and uid (skipped when all ids already are the target, as in the child of an already
-// dropped supervisor, which could not call setgroups), then PR_SET_NO_NEW_PRIVS, then checks that
-// root cannot be regained. Returns 0, or the errno of the failed call (EPERM if root came back).
+// For the child between clone and exec: async-signal-safe, no allocation, no logging. Sets groups
+// {gid}, gid and uid (skipped when all ids already are the target), clears every capability the
+// parent kept (the worker spawner keeps CAP_SETUID, CAP_SETGID and CAP_KILL), sets
+// PR_SET_NO_NEW_PRIVS, then checks that root cannot be regained. Returns 0, or the errno of the
+// failed call (EPERM if root came back).
 int drop_in_child(uid_t uid, gid_t gid) noexcept;
 
-// PR_SET_NO_NEW_PRIVS alone (for workers of a supervisor that never had root). Async-signal-safe;
-// returns 0 or errno.
+// PR_SET_NO_NEW_PRIVS and no capabilities, the ids unchanged (for workers of a supervisor that
+// never had root). Async-signal-safe; returns 0 or errno.
 int forbid_new_privileges() noexcept;
 
 }  // namespace culvert::supervisor

@@ -22,7 +22,7 @@
 #include "shared/protocol/frame_io.hpp"
 #include "shared/tls/tls_contexts.hpp"
 #include "shared/util/random.hpp"
-#include "supervisor/worker_launcher.hpp"
+#include "supervisor/worker_spawner.hpp"
 
 namespace culvert::supervisor {
 
@@ -106,7 +106,8 @@ supervisor::supervisor(asio::io_context& io, config cfg)
 
 supervisor::~supervisor() {
   // Workers notice the channel's EOF (and PR_SET_PDEATHSIG) and exit on their own.
-  for (auto& [pid, t] : by_worker_pid_) ::kill(pid, SIGTERM);
+  if (spawner_)
+    for (auto& [pid, t] : by_worker_pid_) spawner_->signal(t->slot, SIGTERM);
 }
 
 void supervisor::start() {
@@ -135,19 +136,21 @@ void supervisor::start() {
   control_ = shared::net::open_listener(io_, endpoint, 4096, listen_error);
   if (listen_error)
     throw boost::system::system_error(listen_error, "listening on " + config_.control_address);
+  start_spawner();
   if (worker_account_) {
     // Everything that needed root is done (TLS key read, control port bound, table created). Only
     // public ports below 1024, bound per tunnel later, still need a privilege: keep just that one.
     const bool low_ports = config_.port_min < 1024;
-    drop_privileges(*worker_account_, low_ports);
+    drop_privileges(*worker_account_,
+                    low_ports ? net_bind_service_capability() : keep_no_capabilities);
     spdlog::info("dropped root: now user {} (uid {}, gid {}), no_new_privs, not dumpable, {}",
                  worker_account_->name, worker_account_->uid, worker_account_->gid,
                  low_ports ? "keeping only CAP_NET_BIND_SERVICE (public ports below 1024)"
                            : "no capabilities");
     spdlog::info(
         "kept from root: the control listener, open files, and the tunnel table {} "
-        "(now owned by {}); workers start as {} with no_new_privs",
-        table_->name(), worker_account_->name, worker_account_->name);
+        "(now owned by {})",
+        table_->name(), worker_account_->name);
     // Every tunnel would fail at exec otherwise; say it once, now, with the cause.
     if (::access(worker_path_.c_str(), X_OK) != 0)
       throw std::runtime_error("worker executable " + worker_path_ + " is not executable by user " +
@@ -178,6 +181,37 @@ void supervisor::start() {
     spawn(io_, shutdown(), "shutdown");
   });
   wait_for_hangup();
+}
+
+// Forked while still root: the only process that may start workers under their own uids.
+void supervisor::start_spawner() {
+  spawner_settings settings{worker_path_, worker_account_, std::nullopt, config_.max_tunnels};
+  if (worker_account_ && config_.worker_uid_base) {
+    if (auto conflict =
+            worker_uid_conflict(config_.worker_uid_base, config_.max_tunnels, *worker_account_))
+      throw std::runtime_error("worker uids " + std::to_string(config_.worker_uid_base) + "-" +
+                               std::to_string(config_.worker_uid_base + config_.max_tunnels - 1) +
+                               " (--worker-uid-base, one per tunnel) are not free: " + *conflict +
+                               "; choose another base");
+    settings.worker_uid_base = config_.worker_uid_base;
+  }
+  spawner_ = worker_spawner::start(settings);
+  if (settings.worker_uid_base)
+    spdlog::info(
+        "workers start as uid and gid {} + slot, one account per tunnel, with no_new_privs and "
+        "no capabilities (spawner {} keeps CAP_SETUID, CAP_SETGID and CAP_KILL)",
+        *settings.worker_uid_base, spawner_->pid());
+  else if (worker_account_)
+    spdlog::warn(
+        "--worker-uid-base 0: every worker runs as {}, so a compromised worker can signal the "
+        "other tenants' workers",
+        worker_account_->name);
+  if (worker_account_ && (worker_account_->uid == 65534 || worker_account_->name == "nobody"))
+    spdlog::warn(
+        "--user {}: the supervisor shares its uid with every other daemon running as nobody, "
+        "which may signal it; create a dedicated account (useradd --system culvert) and use "
+        "--user culvert",
+        worker_account_->name);
 }
 
 // SIGHUP would end the process without cleaning up; nothing is reloaded yet, so say so.
@@ -600,9 +634,8 @@ void supervisor::start_worker(const tunnel_ptr& t) {
   ipc::channel_socket worker_end(io_);
   ipc::make_channel_pair(*channel, worker_end);
 
-  worker_spawn spawn_request;
-  spawn_request.executable = worker_path_;
-  spawn_request.arguments = {
+  // fd 3: the channel, fd 4: the public listener (worker_options' defaults).
+  const std::vector<std::string> arguments = {
       "--segment",
       table_->name(),
       "--slot",
@@ -618,17 +651,13 @@ void supervisor::start_worker(const tunnel_ptr& t) {
       "--max-visitors",
       std::to_string(config_.max_visitors),
   };
-  spawn_request.channel_fd = worker_end.native_handle();
-  spawn_request.listener_fd = t->listener.native_handle();
-  if (worker_account_) {  // the supervisor has dropped too; the child re-checks and adds nothing
-    spawn_request.uid = worker_account_->uid;
-    spawn_request.gid = worker_account_->gid;
-  }
-  boost::system::error_code ec;
-  const pid_t pid = launch_worker(io_, spawn_request, ec);
+  int error = 0;
+  const int descriptors[] = {worker_end.native_handle(), t->listener.native_handle()};
+  const pid_t pid = spawner_->spawn(t->slot, arguments, descriptors, error);
   worker_end.close();
   if (!pid) {
-    spdlog::error("{}: starting worker {} failed: {}", t->domain, worker_path_, ec.message());
+    spdlog::error("{}: starting worker {} failed: {}", t->domain, worker_path_,
+                  std::strerror(error));
     if (t->control)
       t->control->close_with_error(proto::error_code::internal,
                                    "the server could not start this tunnel's worker");
@@ -727,7 +756,11 @@ asio::awaitable<void> supervisor::reap_loop() {
 
 void supervisor::on_worker_exit(pid_t pid, int status) {
   auto it = by_worker_pid_.find(pid);
-  if (it == by_worker_pid_.end()) return;
+  if (it == by_worker_pid_.end()) {
+    if (spawner_ && pid == spawner_->pid())
+      spdlog::error("worker spawner {} {}: no new worker can start", pid, describe_exit(status));
+    return;
+  }
   auto t = it->second;
   by_worker_pid_.erase(it);
   t->worker_pid = 0;
@@ -804,14 +837,21 @@ void supervisor::stop_tunnel(const tunnel_ptr& t, const std::string& reason) {
     finish_tunnel(t);
     return;
   }
-  ::kill(t->worker_pid, SIGTERM);
+  signal_worker(*t, SIGTERM);
   t->stop_timer.expires_after(worker_kill_deadline);
-  t->stop_timer.async_wait([weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
+  t->stop_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
     auto t = weak.lock();
     if (ec || !t || !t->worker_pid) return;
     spdlog::warn("{}: worker {} ignored SIGTERM; killing it", t->domain, t->worker_pid);
-    ::kill(t->worker_pid, SIGKILL);
+    signal_worker(*t, SIGKILL);
   });
+}
+
+// Workers may run under uids of their own: only the spawner may signal them.
+void supervisor::signal_worker(const tunnel& t, int signal_number) {
+  if (const int error = spawner_->signal(t.slot, signal_number); error && error != ESRCH)
+    spdlog::warn("{}: signal {} to worker {} failed: {}", t.domain, signal_number, t.worker_pid,
+                 std::strerror(error));
 }
 
 void supervisor::finish_tunnel(const tunnel_ptr& t) {

@@ -33,6 +33,7 @@
 #include "supervisor/public_ports.hpp"
 #include "supervisor/token_registry.hpp"
 #include "supervisor/usage_counter.hpp"
+#include "supervisor/worker_spawner.hpp"
 
 namespace culvert::supervisor {
 
@@ -107,7 +108,9 @@ class supervisor {
   tunnel_ptr find_by_id(std::uint64_t id) const;
   std::string label_of(const std::string& domain) const;  // "brave-otter-42" of its domain
   void attach_control(const tunnel_ptr&, shared::net::transport);
+  void start_spawner();
   void start_worker(const tunnel_ptr&);
+  void signal_worker(const tunnel&, int signal_number);
   void on_worker_exit(pid_t, int status);
   void restart_worker(const tunnel_ptr&);
   void hold(const tunnel_ptr&, const std::string& reason);
@@ -124,6 +127,7 @@ class supervisor {
   domain_pool domains_;
   public_ports ports_;
   std::string worker_path_;
+  std::unique_ptr<worker_spawner> spawner_;  // starts and signals workers (see worker_spawner.hpp)
   token_registry tokens_;
   auth_throttle throttle_;
   usage_counter tunnels_per_token_, tunnels_per_address_, handshakes_per_address_;

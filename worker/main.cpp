@@ -3,16 +3,23 @@
 // library (and the iostreams it brings) would be most of an idle worker's code pages.
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
+#if CULVERT_WITH_TLS
+#include <openssl/ssl.h>
+#endif
 #include <charconv>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string_view>
 
 #include "shared/log/log.hpp"
+#include "worker/sandbox.hpp"
 #include "worker/worker.hpp"
 
 namespace {
@@ -83,9 +90,26 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
   return true;
 }
 
+// `culvert-worker --check-sandbox`: enters the sandbox and tries what a compromised worker would
+// (exec a shell); the sandbox must kill it with SIGSYS. Exit 1 if the exec was only refused,
+// 77 when this build has no sandbox (sanitizers).
+int check_sandbox() {
+  if (!w::enter_sandbox()) return 77;
+  char shell[] = "/bin/sh";
+  char* const no_arguments[] = {shell, nullptr};
+  ::execve(shell, no_arguments, nullptr);
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything else: exec made us dumpable again, readable by every process of our uid.
+  if (const int failed = w::make_undumpable()) {
+    std::fprintf(stderr, "culvert-worker: prctl(PR_SET_DUMPABLE, 0): %s\n", std::strerror(failed));
+    return w::exit_fatal;
+  }
+  if (argc == 2 && std::string_view(argv[1]) == "--check-sandbox") return check_sandbox();
   w::worker_options options;
   if (!parse_arguments(argc, argv, options)) return w::exit_fatal;
 
@@ -97,6 +121,16 @@ int main(int argc, char** argv) {
     boost::asio::io_context io(1);
     w::worker worker(io, options);
     worker.start();
+#if CULVERT_WITH_TLS
+    // The data key arrives later; OpenSSL reads its configuration file on first use, which the
+    // sandbox would refuse.
+    if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_CONFIG, nullptr) != 1)
+      throw std::runtime_error("OPENSSL_init_ssl failed");
+#endif
+    if (w::enter_sandbox())
+      spdlog::debug("sandbox: seccomp allow-list installed");
+    else
+      spdlog::info("sandbox: no seccomp allow-list in a sanitizer build");
     io.run();
     // Leave without running local destructors: the io_context would destroy its pending
     // coroutine frames after the objects they point into. The kernel closes every descriptor.

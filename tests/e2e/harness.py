@@ -347,6 +347,15 @@ def recv_all(sock):
         chunks.append(data)
 
 
+SKIP_EXIT = 77  # ctest's SKIP_RETURN_CODE for the e2e tests (tests/CMakeLists.txt)
+
+
+def skip(reason):
+    """Reports the test as skipped (not passed) to ctest, with the reason."""
+    print(f"SKIP: {reason}")
+    sys.exit(SKIP_EXIT)
+
+
 def run_test(main):
     """Runs main(), prints a clear verdict, exits non-zero on failure."""
     started = time.monotonic()

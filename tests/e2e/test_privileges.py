@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from harness import (BIN, Environment, Supervisor, connect, echo_handler, pattern_bytes, recv_all,
-                     run_test, wait_until)
+                     run_test, skip, wait_until)
 
 NET_BIND_SERVICE = 1 << 10
 
@@ -115,8 +115,7 @@ def supervisor_on_ports(env, ports, name):
 
 def main():
     if os.geteuid() != 0:
-        print("SKIP: not root")
-        sys.exit(0)
+        skip("not root")
     try:
         account = pwd.getpwnam("nobody")
     except KeyError:
