@@ -13,8 +13,10 @@ std::string source_key(const boost::asio::ip::address& address) {
   if (v6.is_v4_mapped())
     return boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, v6).to_string();
   auto bytes = v6.to_bytes();
-  std::fill(bytes.begin() + 8, bytes.end(), 0);  // one host or site owns a whole /64
-  return boost::asio::ip::address_v6(bytes).to_string() + "/64";
+  // Providers hand a home or a server a /56 or a /48, not a /64: counting per /64 would give one
+  // subscriber 256 or 65,536 separate budgets. A /56 keeps a shared /48 site usable.
+  std::fill(bytes.begin() + 7, bytes.end(), 0);
+  return boost::asio::ip::address_v6(bytes).to_string() + "/56";
 }
 
 auth_throttle::auth_throttle(auth_throttle_settings settings) : settings_(settings) {

@@ -15,7 +15,8 @@
 namespace culvert::supervisor {
 
 // Who a connection counts as, for per-source limits: an IPv4 address (also when IPv4-mapped), or
-// an IPv6 /64, which one host or home usually has whole ("2001:db8:1:2::/64").
+// an IPv6 /56, the smallest prefix providers usually delegate to one customer
+// ("2001:db8:1:200::/56").
 std::string source_key(const boost::asio::ip::address&);
 
 struct auth_throttle_settings {

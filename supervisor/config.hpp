@@ -25,14 +25,17 @@ struct config {
   std::string tokens_file;                   // TOML [[token]] entries with limits; not with tokens
   std::uint32_t max_tunnels = 1000;          // as many as the default port range has ports
   std::uint32_t max_tunnels_per_token = 16;  // default of a token's max_tunnels
-  std::uint32_t max_tunnels_per_address = 64;  // per IPv4 address or IPv6 /64
+  std::uint32_t max_tunnels_per_address = 64;  // per IPv4 address or IPv6 /56
   std::uint32_t max_handshakes_per_address = 16;
   std::chrono::milliseconds auth_failure_delay{1000};  // first bad token's wait; doubles per retry
   std::chrono::seconds grace_period{30};               // a lost client's domain is held this long
   std::chrono::seconds heartbeat_interval{5};
   std::chrono::seconds heartbeat_timeout{30};  // silence that counts as a lost client
   std::chrono::seconds handshake_timeout{5};
+  // Handshakes waiting for their first frame, and again those opening new tunnels.
   std::uint32_t max_pending_handshakes = 256;
+  // Handshakes that proved a live tunnel's id and secret (reclaims): a budget of their own.
+  std::uint32_t max_pending_reclaims = 256;
   std::uint32_t max_visitors = 16384;  // open visitor connections per tunnel (worker limit)
   std::uint8_t data_connections = 2;   // data connections each client opens (1..16)
   std::string tls_cert, tls_key;       // PEM files; both empty = clear text

@@ -5,6 +5,7 @@
 
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "shared/log/printable.hpp"
 #include "shared/net/address.hpp"
 #include "shared/net/cloexec_socket.hpp"
 #include "shared/net/socket_options.hpp"
@@ -60,14 +62,10 @@ ipc::tunnel_kind table_kind(proto::tunnel_kind kind) {
   return kind == proto::tunnel_kind::tcp ? ipc::tunnel_kind::tcp : ipc::tunnel_kind::http;
 }
 
-// Counts a handshake in progress for as long as it lives (the pending-handshake limit).
-struct pending_guard {
-  explicit pending_guard(std::uint32_t& count) : count_(count) { ++count_; }
-  ~pending_guard() { --count_; }
-  pending_guard(const pending_guard&) = delete;
-  pending_guard& operator=(const pending_guard&) = delete;
-  std::uint32_t& count_;
-};
+// The only frames a connection may open with; anything else is refused at its header.
+constexpr proto::frame_type first_frames[] = {proto::frame_type::init, proto::frame_type::data_init,
+                                              proto::frame_type::data_route};
+constexpr proto::frame_type ack_frame[] = {proto::frame_type::ack};
 
 }  // namespace
 
@@ -92,6 +90,9 @@ supervisor::supervisor(asio::io_context& io, config cfg)
     tokens_ = token_registry::from_tokens(config_.tokens, config_.max_tunnels_per_token);
   }
   throttle_ = auth_throttle(auth_throttle_settings{.base_delay = config_.auth_failure_delay});
+  handshakes_ = handshake_slots({.unidentified = config_.max_pending_handshakes,
+                                 .new_tunnel = config_.max_pending_handshakes,
+                                 .known_tunnel = config_.max_pending_reclaims});
   if (!config_.tls_cert.empty())
     tls_ = shared::tls::make_server_context(config_.tls_cert, config_.tls_key);
   const auto where = shared::net::parse_host_port(config_.control_address);
@@ -239,21 +240,22 @@ asio::awaitable<void> supervisor::accept_loop() {
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    if (pending_handshakes_ >= config_.max_pending_handshakes) {
-      // Refused on the spot, without waiting on the newcomer: under a flood nothing may pile up.
-      shared::net::transport clear(std::move(socket));
-      clear.try_send_now(proto::encode(proto::error_message{
-          proto::error_code::overloaded, "too many handshakes in progress; retry later"}));
-      clear.close();
-      continue;
-    }
+    // Never refused for want of room: when the places are full, the connection that has waited
+    // longest without a first frame makes way (handshake_slots), so idle ones cannot lock out a
+    // client whose first frame follows its connect at once.
     spawn(io_, handshake(std::move(socket)), "handshake");
+    std::uint64_t unused = 0;
+    if (handshakes_.shed_total() != shed_logged_ &&
+        shed_log_.allow(std::chrono::steady_clock::now(), unused)) {
+      spdlog::warn("handshake places full: closed {} slow handshake(s) to admit newer ones",
+                   handshakes_.shed_total() - shed_logged_);
+      shed_logged_ = handshakes_.shed_total();
+    }
   }
 }
 
 asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
   using namespace asio::experimental::awaitable_operators;
-  pending_guard pending(pending_handshakes_);
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   if (ec) co_return;
@@ -267,6 +269,12 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
     clear.close();
     co_return;
   }
+  // Shedding shuts the socket down but leaves the descriptor to this frame, so every wait below
+  // ends as if the peer had gone, and the descriptor cannot be reused under us. The place is
+  // released before the socket leaves the handshake (to a control link or a worker).
+  const int fd = socket.native_handle();
+  handshake_place place{handshakes_.admit([fd] { ::shutdown(fd, SHUT_RDWR); }),
+                        std::move(per_address)};
   shared::net::set_nodelay(socket);
   const auto deadline = std::chrono::steady_clock::now() + config_.handshake_timeout;
   const auto timeout_text = "no INIT, DATA_INIT or DATA_ROUTE within " +
@@ -301,7 +309,9 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
     }
   }
 
-  auto result = co_await proto::read_frame(stream, deadline - std::chrono::steady_clock::now());
+  auto result = co_await proto::read_frame(
+      stream, deadline - std::chrono::steady_clock::now(),
+      {.max_payload = proto::max_control_payload, .accepted = first_frames});
   if (auto* failure = std::get_if<proto::read_failure>(&result)) {
     switch (failure->why) {
       case proto::read_failure::kind::closed:
@@ -338,7 +348,13 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
       co_await proto::refuse(stream, proto::error_code::protocol_error, needs_tls);
       co_return;
     }
-    co_await open_tunnel(std::move(stream), std::move(*init));
+    // A reclaim that proves its tunnel leaves the new tunnels' budget: a flood of new handshakes
+    // cannot keep a client from getting its tunnel back within the grace period.
+    const bool known =
+        init->reclaim && proves_tunnel(init->reclaim->tunnel_id, init->reclaim->secret);
+    if (!place.ticket.move_to(known ? handshake_stage::known_tunnel : handshake_stage::new_tunnel))
+      co_return;
+    co_await open_tunnel(std::move(stream), std::move(*init), place);
   } else if (first.header.type == proto::frame_type::data_init) {
     auto data_init = proto::decode_data_init(first.payload);
     if (!data_init || data_init->version != proto::protocol_version) {
@@ -349,34 +365,52 @@ asio::awaitable<void> supervisor::handshake(tcp::socket socket) {
       co_await proto::refuse(stream, proto::error_code::protocol_error, needs_tls);
       co_return;
     }
-    co_await attach_data(std::move(stream), *data_init);
+    co_await attach_data(std::move(stream), *data_init, place);
   } else if (first.header.type == proto::frame_type::data_route && tls_ && !tls) {
     auto route = proto::decode_data_route(first.payload);
     if (!route || route->version != proto::protocol_version) {
       co_await proto::refuse(stream, proto::error_code::protocol_error, "malformed DATA_ROUTE");
       co_return;
     }
-    co_await route_data(std::move(stream), *route);
-  } else {
+    co_await route_data(std::move(stream), *route, place);
+  } else {  // a DATA_ROUTE on a clear-text server, or in TLS
     co_await proto::refuse(
         stream, proto::error_code::protocol_error,
         "expected INIT or DATA_INIT, got " + std::string(proto::to_string(first.header.type)));
   }
 }
 
+bool supervisor::proves_tunnel(std::uint64_t id, const proto::secret_bytes& secret) const {
+  auto t = find_by_id(id);
+  return t && t->state != ipc::slot_state::stopping &&
+         shared::util::equal_constant_time(t->secret, secret);
+}
+
 asio::awaitable<const token_policy*> supervisor::authenticate(shared::net::transport& stream,
                                                               const std::string& token,
                                                               const std::string& source,
-                                                              const std::string& peer_text) {
+                                                              const std::string& peer_text,
+                                                              handshake_place& place) {
   if (const token_policy* who = tokens_.authenticate(token)) {
     if (!tokens_.open()) throttle_.record_success(source);
     co_return who;
   }
   // Every bad token waits the same, whatever was wrong with it; repeated ones from one source
-  // wait longer. The connection keeps its pending-handshake places meanwhile.
+  // wait longer. The wait gives the handshake places back (a waiting refusal must not lock out
+  // others for up to 60 s) and is counted apart, per source and in all; past those limits the
+  // connection is closed at once without an answer, which tells a guesser nothing sooner.
   const auto now = std::chrono::steady_clock::now();
   const auto delay = throttle_.delay_before_refusal(source, now);
   throttle_.record_failure(source, now);
+  place.release();
+  auto waiting = refusals_waiting_.try_acquire(source, config_.max_handshakes_per_address);
+  auto waiting_in_all = refusals_waiting_.try_acquire("", config_.max_pending_handshakes);
+  if (!waiting || !waiting_in_all) {
+    spdlog::info("{}: refused: bad token, closed without an answer (too many refusals waiting)",
+                 peer_text);
+    stream.close();
+    co_return nullptr;
+  }
   spdlog::info("{}: refused: bad token (after {} ms)", peer_text, delay.count());
   asio::steady_timer wait(io_, delay);
   co_await wait.async_wait(use_tuple);
@@ -395,7 +429,7 @@ supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
 }
 
 asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
-                                              proto::init_message init) {
+                                              proto::init_message init, handshake_place& place) {
   boost::system::error_code ec;
   const auto peer_text = shared::net::to_string(stream.socket().remote_endpoint(ec));
   if (stopping_) {
@@ -403,7 +437,7 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     co_return;
   }
   const auto source = source_key(stream.socket().remote_endpoint(ec).address());
-  const token_policy* who = co_await authenticate(stream, init.token, source, peer_text);
+  const token_policy* who = co_await authenticate(stream, init.token, source, peer_text, place);
   if (!who) co_return;
 
   // A client that reconnects with its tunnel's id and secret gets the same tunnel back. A wrong
@@ -514,7 +548,10 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
   // Never `co_await` inside `?:`: GCC 12 then destroys the temporary twice (a double free).
   proto::read_result reply =
       proto::read_failure{proto::read_failure::kind::io_error, write_error.message()};
-  if (!write_error) reply = co_await proto::read_frame(stream, config_.handshake_timeout);
+  if (!write_error)
+    reply = co_await proto::read_frame(
+        stream, config_.handshake_timeout,
+        {.max_payload = proto::max_control_payload, .accepted = ack_frame});
   auto* ack = std::get_if<proto::frame>(&reply);
   if (!ack || ack->header.type != proto::frame_type::ack) {
     spdlog::info("{}: no ACK for {}; {}", peer_text, t->domain,
@@ -530,6 +567,7 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
 
   spdlog::info("{}: {} {} tunnel {} on port {}", peer_text, reclaimed ? "reclaimed" : "opened",
                init.kind == proto::tunnel_kind::tcp ? "tcp" : "http", t->domain, t->port);
+  place.release();  // the socket leaves the handshake: shedding must not reach it any more
   attach_control(t, std::move(stream));
   if (!t->worker_pid) start_worker(t);  // a new tunnel, or one whose worker restart is pending
 }
@@ -543,14 +581,25 @@ void supervisor::attach_control(const tunnel_ptr& t, shared::net::transport stre
                                                     proto::control_link::hooks{});
   const proto::control_link* raw = link.get();
   proto::control_link::hooks hooks;
-  hooks.on_frame = [domain = t->domain](proto::frame&& f) {
-    if (f.header.type == proto::frame_type::error) {
-      auto e = proto::decode_error_message(f.payload);
-      spdlog::info("{}: client reported an error: {}", domain, e ? e->message : "(malformed)");
-    } else {
-      spdlog::debug("{}: ignoring {} frame on the control connection", domain,
+  hooks.on_frame = [this, weak = std::weak_ptr<tunnel>(t), raw](proto::frame&& f) {
+    auto t = weak.lock();
+    if (!t) return;
+    if (f.header.type != proto::frame_type::error) {
+      spdlog::debug("{}: ignoring {} frame on the control connection", t->domain,
                     proto::to_string(f.header.type));
+      return;
     }
+    // The text is the client's: escaped and capped, and logged at a bounded rate, since a client
+    // may reconnect and send another as fast as it likes.
+    auto e = proto::decode_error_message(f.payload);
+    std::uint64_t suppressed = 0;
+    if (peer_error_log_.allow(std::chrono::steady_clock::now(), suppressed))
+      spdlog::info("{}: client reported an error: {}{}", t->domain,
+                   e ? shared::log::printable(e->message) : "(malformed)",
+                   suppressed ? " (" + std::to_string(suppressed) + " earlier ones not logged)"
+                              : std::string());
+    // The sender of an ERROR closes next (protocol.md): nothing after it is read.
+    if (t->control.get() == raw) t->control->close("client reported an error");
   };
   hooks.on_closed = [this, weak = std::weak_ptr<tunnel>(t), raw](const std::string& reason) {
     auto t = weak.lock();
@@ -569,7 +618,8 @@ void supervisor::attach_control(const tunnel_ptr& t, shared::net::transport stre
 // ---- Data connections -----------------------------------------------------------------------
 
 asio::awaitable<void> supervisor::attach_data(shared::net::transport stream,
-                                              proto::data_init_message init) {
+                                              proto::data_init_message init,
+                                              handshake_place& place) {
   auto t = find_by_id(init.tunnel_id);
   if (!t || t->state == ipc::slot_state::stopping ||
       !shared::util::equal_constant_time(t->secret, init.secret)) {
@@ -580,13 +630,15 @@ asio::awaitable<void> supervisor::attach_data(shared::net::transport stream,
                            "no tunnel with this id and secret");
     co_return;
   }
+  place.release();  // proven: it leaves the handshake places, and goes to the worker
   co_await deliver_data(t, std::move(stream.socket()), false);
 }
 
 // TLS servers: the client named its tunnel in clear; whether it holds the secret is settled by
 // the TLS handshake with the tunnel's worker, which alone knows the key derived from it.
 asio::awaitable<void> supervisor::route_data(shared::net::transport stream,
-                                             proto::data_route_message route) {
+                                             proto::data_route_message route,
+                                             handshake_place& place) {
   auto t = find_by_id(route.tunnel_id);
   if (!t || t->state == ipc::slot_state::stopping) {
     boost::system::error_code ec;
@@ -595,6 +647,7 @@ asio::awaitable<void> supervisor::route_data(shared::net::transport stream,
     co_await proto::refuse(stream, proto::error_code::unknown_tunnel, "no tunnel with this id");
     co_return;
   }
+  place.release();  // the worker's TLS handshake proves the secret, under its own limits
   co_await deliver_data(t, std::move(stream.socket()), true);
 }
 

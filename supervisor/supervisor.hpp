@@ -23,12 +23,14 @@
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
+#include "shared/log/line_budget.hpp"
 #include "shared/net/transport.hpp"
 #include "shared/protocol/control_link.hpp"
 #include "shared/protocol/messages.hpp"
 #include "supervisor/auth_throttle.hpp"
 #include "supervisor/config.hpp"
 #include "supervisor/domain_pool.hpp"
+#include "supervisor/handshake_slots.hpp"
 #include "supervisor/privileges.hpp"
 #include "supervisor/public_ports.hpp"
 #include "supervisor/token_registry.hpp"
@@ -83,14 +85,25 @@ class supervisor {
 
  private:
   using tunnel_ptr = std::shared_ptr<tunnel>;
+  // What a connection in the handshake holds: its staged place and its address's share. Both are
+  // given back while a bad token waits out its delay, and before the socket leaves the handshake.
+  struct handshake_place {
+    handshake_slots::ticket ticket;
+    std::optional<usage_counter::lease> per_address;
+    void release() {
+      ticket.release();
+      per_address.reset();
+    }
+  };
 
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> handshake(boost::asio::ip::tcp::socket);
-  boost::asio::awaitable<void> open_tunnel(shared::net::transport, shared::protocol::init_message);
+  boost::asio::awaitable<void> open_tunnel(shared::net::transport, shared::protocol::init_message,
+                                           handshake_place&);
   boost::asio::awaitable<void> attach_data(shared::net::transport,
-                                           shared::protocol::data_init_message);
+                                           shared::protocol::data_init_message, handshake_place&);
   boost::asio::awaitable<void> route_data(shared::net::transport,
-                                          shared::protocol::data_route_message);
+                                          shared::protocol::data_route_message, handshake_place&);
   boost::asio::awaitable<void> deliver_data(tunnel_ptr, boost::asio::ip::tcp::socket, bool tls);
   boost::asio::awaitable<void> worker_channel_loop(tunnel_ptr,
                                                    std::shared_ptr<shared::ipc::channel_socket>);
@@ -104,7 +117,10 @@ class supervisor {
   boost::asio::awaitable<const token_policy*> authenticate(shared::net::transport&,
                                                            const std::string& token,
                                                            const std::string& source,
-                                                           const std::string& peer_text);
+                                                           const std::string& peer_text,
+                                                           handshake_place&);
+  // True if `id` names a live tunnel and `secret` is its secret (compared in constant time).
+  bool proves_tunnel(std::uint64_t id, const shared::protocol::secret_bytes& secret) const;
   tunnel_ptr find_by_id(std::uint64_t id) const;
   std::string label_of(const std::string& domain) const;  // "brave-otter-42" of its domain
   void attach_control(const tunnel_ptr&, shared::net::transport);
@@ -131,12 +147,17 @@ class supervisor {
   token_registry tokens_;
   auth_throttle throttle_;
   usage_counter tunnels_per_token_, tunnels_per_address_, handshakes_per_address_;
+  usage_counter
+      refusals_waiting_;  // bad tokens waiting out their delay: per source, and "" for all
+  handshake_slots handshakes_;
+  std::uint64_t shed_logged_ = 0;  // handshakes_.shed_total() when last logged
+  shared::log::line_budget shed_log_{1, std::chrono::seconds(10)};
+  shared::log::line_budget peer_error_log_{10, std::chrono::seconds(10)};  // clients' ERROR texts
   std::optional<account> worker_account_;           // set when started as root: workers run as it
   std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
   std::map<std::uint64_t, tunnel_ptr> tunnels_;     // by tunnel id
   std::map<pid_t, tunnel_ptr> by_worker_pid_;
   std::vector<std::uint32_t> free_slots_;
-  std::uint32_t pending_handshakes_ = 0;
   boost::asio::signal_set child_signals_;
   boost::asio::signal_set stop_signals_;
   boost::asio::signal_set hangup_signal_;

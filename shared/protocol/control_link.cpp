@@ -59,6 +59,10 @@ void control_link::close_with_error(error_code code, std::string message) {
 void control_link::close(const std::string& reason) {
   if (!open_) return;
   open_ = false;
+  // Shut down before closing: if a copy of the descriptor lives on elsewhere (a child that
+  // inherited it), close alone would leave the connection open and the peer waiting.
+  boost::system::error_code ignored;
+  socket_.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   socket_.close();
   writer_wake_.cancel();
   heartbeat_timer_.cancel();
@@ -68,7 +72,8 @@ void control_link::close(const std::string& reason) {
 asio::awaitable<void> control_link::read_loop() {
   auto self = shared_from_this();
   while (open_) {
-    auto result = co_await read_frame(socket_);
+    // Only control frames travel here: a larger announced length is refused at the header.
+    auto result = co_await read_frame(socket_, {.max_payload = max_control_payload});
     if (!open_) co_return;
     if (closing_after_flush_) {  // an ERROR is on its way out: only wait for the peer's end
       if (std::holds_alternative<read_failure>(result)) close("error sent");

@@ -1,6 +1,7 @@
 // Whole-frame reads with header validation before the payload is read or allocated.
 #include "shared/protocol/frame_io.hpp"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
@@ -14,7 +15,7 @@ namespace asio = boost::asio;
 using namespace boost::asio::experimental::awaitable_operators;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-asio::awaitable<read_result> read_frame(net::transport& stream) {
+asio::awaitable<read_result> read_frame(net::transport& stream, frame_limits limits) {
   std::array<std::uint8_t, header_size> head;
   auto [ec, n] = co_await stream.read_exactly(asio::buffer(head));
   if (ec && n == 0 && net::peer_closed(ec))
@@ -26,6 +27,15 @@ asio::awaitable<read_result> read_frame(net::transport& stream) {
   if (auto* e = std::get_if<decode_error>(&decoded))
     co_return read_failure{read_failure::kind::malformed, std::string(to_string(*e))};
   frame f{std::get<frame_header>(decoded), {}};
+  if (!limits.accepted.empty() && std::find(limits.accepted.begin(), limits.accepted.end(),
+                                            f.header.type) == limits.accepted.end())
+    co_return read_failure{read_failure::kind::malformed,
+                           "unexpected " + std::string(to_string(f.header.type)) + " frame"};
+  if (f.header.length > limits.max_payload)
+    co_return read_failure{read_failure::kind::malformed,
+                           std::string(to_string(f.header.type)) + " frame of " +
+                               std::to_string(f.header.length) + " bytes, more than the " +
+                               std::to_string(limits.max_payload) + " allowed here"};
   f.payload.resize(f.header.length);
   if (f.header.length > 0) {
     auto [ec2, n2] = co_await stream.read_exactly(asio::buffer(f.payload));
@@ -37,9 +47,10 @@ asio::awaitable<read_result> read_frame(net::transport& stream) {
 }
 
 asio::awaitable<read_result> read_frame(net::transport& stream,
-                                        std::chrono::steady_clock::duration limit) {
+                                        std::chrono::steady_clock::duration limit,
+                                        frame_limits limits) {
   asio::steady_timer timer(stream.get_executor(), limit);
-  auto outcome = co_await (read_frame(stream) || timer.async_wait(use_tuple));
+  auto outcome = co_await (read_frame(stream, limits) || timer.async_wait(use_tuple));
   // Asio flattens `variant<A, B> || C` into variant<A, B, C>: pick by type, never by index.
   co_return std::visit(
       [](auto&& value) -> read_result {

@@ -93,8 +93,9 @@ def main():
         echo_check(other.port)
         echo_check(client.port)
 
-        # A flood of 1,000 connections that never finish a handshake: beyond the pending limit
-        # they are refused at once; the rest time out. Tunnels keep carrying data meanwhile.
+        # A flood of 1,000 connections that never finish a handshake, all from one address:
+        # beyond the per-address limit they are refused at once; the rest time out (or make way
+        # for newer ones). Tunnels keep carrying data meanwhile.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
         flood = []
@@ -105,7 +106,7 @@ def main():
                 break  # the listen backlog is full: that, too, is the flood being held off
         echo_check(client.port)
         overloaded = 0
-        for s in flood[-100:]:  # the latest arrivals were over the pending-handshake limit
+        for s in flood[-100:]:  # the latest arrivals were over the per-address limit
             s.settimeout(HANDSHAKE_TIMEOUT + 3)
             try:
                 reply = recv_all(s)

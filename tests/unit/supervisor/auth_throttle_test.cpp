@@ -80,13 +80,17 @@ TEST_CASE("a base delay above the cap is used as it is", "[tokens][throttle]") {
   CHECK(throttle.delay_before_refusal("x", t0) == 45s);
 }
 
-TEST_CASE("sources are IPv4 addresses or IPv6 /64 prefixes", "[tokens][throttle]") {
+TEST_CASE("sources are IPv4 addresses or IPv6 /56 prefixes", "[tokens][throttle]") {
   using boost::asio::ip::make_address;
   CHECK(source_key(make_address("192.0.2.7")) == "192.0.2.7");
   CHECK(source_key(make_address("::ffff:192.0.2.7")) == "192.0.2.7");
-  CHECK(source_key(make_address("2001:db8:1:2:aaaa:bbbb:cccc:dddd")) == "2001:db8:1:2::/64");
+  CHECK(source_key(make_address("2001:db8:1:2aa:aaaa:bbbb:cccc:dddd")) == "2001:db8:1:200::/56");
   CHECK(source_key(make_address("2001:db8:1:2::1")) ==
         source_key(make_address("2001:db8:1:2:ffff::9")));
-  CHECK(source_key(make_address("2001:db8:1:3::1")) != source_key(make_address("2001:db8:1:2::1")));
-  CHECK(source_key(make_address("::1")) == "::/64");
+  // One customer's /56 holds 256 /64s: they all count as one source.
+  CHECK(source_key(make_address("2001:db8:1:3::1")) == source_key(make_address("2001:db8:1:2::1")));
+  CHECK(source_key(make_address("2001:db8:1:ff::1")) == source_key(make_address("2001:db8:1::1")));
+  CHECK(source_key(make_address("2001:db8:1:100::1")) !=
+        source_key(make_address("2001:db8:1:2::1")));
+  CHECK(source_key(make_address("::1")) == "::/56");
 }

@@ -81,6 +81,7 @@ TEST_CASE("defaults are the documented ones and valid", "[config]") {
   CHECK(cfg.heartbeat_timeout == 30s);
   CHECK(cfg.handshake_timeout == 5s);
   CHECK(cfg.max_pending_handshakes == 256);
+  CHECK(cfg.max_pending_reclaims == 256);
   CHECK(cfg.data_connections == 2);
   CHECK(cfg.instance == "default");
   CHECK(cfg.worker_path.empty());
@@ -343,6 +344,8 @@ TEST_CASE("validate rejects each bad value with the setting's name", "[config]")
       {[](config& c) { c.handshake_timeout = 0s; }, "handshake_timeout (--handshake-timeout)"},
       {[](config& c) { c.max_pending_handshakes = 0; },
        "max_pending_handshakes (--max-pending-handshakes)"},
+      {[](config& c) { c.max_pending_reclaims = 0; },
+       "max_pending_reclaims (--max-pending-reclaims) must be between 1 and 65536, got 0"},
       {[](config& c) { c.max_tunnels_per_token = 0; },
        "max_tunnels_per_token (--max-tunnels-per-token) must be between 1 and 65536, got 0"},
       {[](config& c) { c.max_tunnels_per_address = 0; },
