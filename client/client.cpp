@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "client/http_log.hpp"
+#include "shared/log/printable.hpp"
 #include "shared/net/address.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
@@ -46,6 +47,12 @@ std::chrono::milliseconds backoff(unsigned failures) {
 bool transient(proto::error_code code) {
   return code == proto::error_code::shutting_down || code == proto::error_code::overloaded ||
          code == proto::error_code::internal;
+}
+
+// A server's ERROR text (up to 512 bytes on the wire), made safe for the terminal: a server, or
+// anyone on a clear-text path to it, must not be able to send escape sequences or extra lines.
+std::string server_text(const std::optional<proto::error_message>& e) {
+  return e ? shared::log::printable(e->message, 512) : std::string("malformed ERROR frame");
 }
 
 std::string state_key(const client_options& o) {
@@ -220,7 +227,7 @@ asio::awaitable<bool> client::control_session(bool first) {
   }
   if (f->header.type == proto::frame_type::error) {
     auto refusal = proto::decode_error_message(f->payload);
-    const auto text = refusal ? refusal->message : std::string("malformed ERROR frame");
+    const auto text = server_text(refusal);
     // A busy server is worth waiting for even at the start; other refusals are final then.
     if (refusal &&
         (refusal->code == proto::error_code::overloaded || (!first && transient(refusal->code)))) {
@@ -233,7 +240,11 @@ asio::awaitable<bool> client::control_session(bool first) {
   }
   auto offer =
       f->header.type == proto::frame_type::domain ? proto::decode_domain(f->payload) : std::nullopt;
-  if (!offer) {
+  if (offer) {
+    // Printed in the Forwarding line and logs: escaped once, here, where it enters.
+    offer->domain = shared::log::printable(offer->domain, 255);
+    offer->public_url = shared::log::printable(offer->public_url, 255);
+  } else {
     std::cerr << "culvert: the server answered with an unexpected "
               << proto::to_string(f->header.type) << " frame" << std::endl;
     finish(exit_refused);
@@ -267,8 +278,7 @@ asio::awaitable<bool> client::control_session(bool first) {
       spdlog::info("server restarted the tunnel's worker; re-opening data connections");
       reopen_.cancel();
     } else if (frame.header.type == proto::frame_type::error) {
-      auto e = proto::decode_error_message(frame.payload);
-      spdlog::warn("server: {}", e ? e->message : "malformed ERROR frame");
+      spdlog::warn("server: {}", server_text(proto::decode_error_message(frame.payload)));
     }
   };
   hooks.on_closed = [this](const std::string& reason) {
@@ -304,7 +314,9 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
       };
     }
     hooks.on_stream_closed = [](const shared::net::stream_report& r) {
-      if (r.abnormal) spdlog::debug("stream {} from {} reset: {}", r.id, r.peer, r.reason);
+      if (r.abnormal)
+        spdlog::debug("stream {} from {} reset: {}", r.id, shared::log::printable(r.peer),
+                      shared::log::printable(r.reason));
     };
     hooks.on_closed = [&closed, index](const std::string& reason) {
       spdlog::info("data connection {} closed: {}", index, reason);
@@ -353,8 +365,8 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
   auto* f = std::get_if<proto::frame>(&reply);
   if (!f) co_return std::nullopt;
   if (f->header.type == proto::frame_type::error) {
-    auto e = proto::decode_error_message(f->payload);
-    spdlog::warn("data connection {} refused: {}", index, e ? e->message : "malformed ERROR");
+    spdlog::warn("data connection {} refused: {}", index,
+                 server_text(proto::decode_error_message(f->payload)));
     co_return std::nullopt;  // the control session decides whether the tunnel still exists
   }
   if (f->header.type != proto::frame_type::data_ready) co_return std::nullopt;

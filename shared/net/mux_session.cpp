@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "shared/log/printable.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
 #include "shared/protocol/messages.hpp"
@@ -341,7 +342,9 @@ bool mux_session::handle_frame(const proto::frame_header& h,
       return open_;
     case proto::frame_type::error: {
       auto e = proto::decode_error_message(payload);
-      close("peer reported an error: " + (e ? e->message : std::string("(unreadable)")));
+      // The peer's text ends up in a log or the client's terminal: escaped here, where it enters.
+      close("peer reported an error: " +
+            (e ? shared::log::printable(e->message, 512) : std::string("(unreadable)")));
       return false;
     }
     default:
