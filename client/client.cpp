@@ -145,6 +145,16 @@ asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string
   co_return std::move(socket);
 }
 
+bool client::reaches_loopback(const tcp::socket& socket) const {
+  if (!options_.clear_needs_loopback) return true;
+  boost::system::error_code ec;
+  const auto peer = socket.remote_endpoint(ec);
+  if (!ec && peer.address().is_loopback()) return true;
+  spdlog::warn("{} resolved to {}, off this machine: no clear text there", options_.server,
+               ec ? ec.message() : shared::net::to_string(peer));
+  return false;
+}
+
 asio::awaitable<void> client::run() {
   bool first = true;
   unsigned failures = 0;
@@ -164,6 +174,14 @@ asio::awaitable<void> client::run() {
 
 asio::awaitable<bool> client::control_session(bool first) {
   auto socket = co_await connect_to(server_host_, server_port_);
+  if (socket && !reaches_loopback(*socket)) {
+    std::cerr << "culvert: " << options_.server
+              << " now leads off this machine; clear text was chosen because it resolved to "
+                 "loopback only (--tls encrypts, --no-tls insists on clear text)"
+              << std::endl;
+    finish(exit_refused);
+    co_return false;
+  }
   if (!socket) {
     if (first) {
       std::cerr << "culvert: cannot connect to the server at " << options_.server << std::endl;
@@ -338,7 +356,7 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
 asio::awaitable<std::optional<shared::net::transport>> client::open_data_connection(
     tunnel_info tunnel, unsigned index) {
   auto socket = co_await connect_to(server_host_, server_port_);
-  if (!socket) co_return std::nullopt;
+  if (!socket || !reaches_loopback(*socket)) co_return std::nullopt;
   std::optional<shared::net::transport> stream;
   if (options_.tls) {
     // The route goes in clear (it only names the tunnel); the worker it reaches proves it knows

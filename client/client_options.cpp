@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "client/clear_text.hpp"
 #include "shared/net/address.hpp"
 #include "shared/util/secrets.hpp"
 
@@ -72,7 +73,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     sub->add_flag("--no-state", no_state, "do not read or write a state file");
     auto* tls = sub->add_flag("--tls", tls_on,
                               "encrypt the connection to the server with TLS 1.3 (default: on, "
-                              "except for a server on this machine's loopback)");
+                              "except for a server whose every address is loopback)");
     sub->add_flag("--no-tls", tls_off, "talk to the server in clear text")->excludes(tls);
     sub->add_option("--ca", options.ca_file,
                     "verify the server's certificate against this CA file (PEM) instead of the "
@@ -146,14 +147,14 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     }
   if (no_state) options.state_dir.clear();
   const auto server = shared::net::parse_host_port(options.server);
-  const bool loopback_server = shared::net::is_loopback_host(server->host);
   if (tls_off && (options.insecure || !options.ca_file.empty())) {
     result.exit_code = exit_usage;
     result.output = "culvert: --no-tls cannot be combined with --ca or --insecure\n";
     return result;
   }
-  options.tls =
-      tls_on || (!tls_off && (!loopback_server || options.insecure || !options.ca_file.empty()));
+  const bool explicit_choice = tls_on || tls_off || options.insecure || !options.ca_file.empty();
+  options.tls = explicit_choice ? !tls_off : !stays_on_this_machine(server->host);
+  options.clear_needs_loopback = !explicit_choice && !options.tls;
   result.options = std::move(options);
   return result;
 }

@@ -25,9 +25,13 @@ struct client_options {
   std::string state_dir;  // where reclaim secrets live; empty = no state file
   std::string log_level = "info";
   std::chrono::seconds connect_timeout{10};
-  // TLS to the server: on unless the server is on this machine (loopback), where clear text is
-  // the demo's default; --tls / --no-tls decide explicitly.
+  // TLS to the server: on unless the server is on this machine (a loopback address, or a name
+  // whose every address is loopback), where clear text is the demo's default; --tls / --no-tls
+  // decide explicitly.
   bool tls = false;
+  // Clear text chosen by default for a loopback server: every connection must then reach a
+  // loopback address (a name resolved again later could point elsewhere).
+  bool clear_needs_loopback = false;
   std::string ca_file;    // trust this CA instead of the system store
   bool insecure = false;  // do not verify the server's certificate (development only)
 
