@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "client/http_log.hpp"
+#include "shared/log/printable.hpp"
 #include "shared/net/address.hpp"
 #include "shared/net/socket_options.hpp"
 #include "shared/net/spawn.hpp"
@@ -46,6 +47,12 @@ std::chrono::milliseconds backoff(unsigned failures) {
 bool transient(proto::error_code code) {
   return code == proto::error_code::shutting_down || code == proto::error_code::overloaded ||
          code == proto::error_code::internal;
+}
+
+// A server's ERROR text (up to 512 bytes on the wire), made safe for the terminal: a server, or
+// anyone on a clear-text path to it, must not be able to send escape sequences or extra lines.
+std::string server_text(const std::optional<proto::error_message>& e) {
+  return e ? shared::log::printable(e->message, 512) : std::string("malformed ERROR frame");
 }
 
 std::string state_key(const client_options& o) {
@@ -138,6 +145,16 @@ asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string
   co_return std::move(socket);
 }
 
+bool client::reaches_loopback(const tcp::socket& socket) const {
+  if (!options_.clear_needs_loopback) return true;
+  boost::system::error_code ec;
+  const auto peer = socket.remote_endpoint(ec);
+  if (!ec && peer.address().is_loopback()) return true;
+  spdlog::warn("{} resolved to {}, off this machine: no clear text there", options_.server,
+               ec ? ec.message() : shared::net::to_string(peer));
+  return false;
+}
+
 asio::awaitable<void> client::run() {
   bool first = true;
   unsigned failures = 0;
@@ -157,6 +174,14 @@ asio::awaitable<void> client::run() {
 
 asio::awaitable<bool> client::control_session(bool first) {
   auto socket = co_await connect_to(server_host_, server_port_);
+  if (socket && !reaches_loopback(*socket)) {
+    std::cerr << "culvert: " << options_.server
+              << " now leads off this machine; clear text was chosen because it resolved to "
+                 "loopback only (--tls encrypts, --no-tls insists on clear text)"
+              << std::endl;
+    finish(exit_refused);
+    co_return false;
+  }
   if (!socket) {
     if (first) {
       std::cerr << "culvert: cannot connect to the server at " << options_.server << std::endl;
@@ -220,7 +245,7 @@ asio::awaitable<bool> client::control_session(bool first) {
   }
   if (f->header.type == proto::frame_type::error) {
     auto refusal = proto::decode_error_message(f->payload);
-    const auto text = refusal ? refusal->message : std::string("malformed ERROR frame");
+    const auto text = server_text(refusal);
     // A busy server is worth waiting for even at the start; other refusals are final then.
     if (refusal &&
         (refusal->code == proto::error_code::overloaded || (!first && transient(refusal->code)))) {
@@ -233,7 +258,11 @@ asio::awaitable<bool> client::control_session(bool first) {
   }
   auto offer =
       f->header.type == proto::frame_type::domain ? proto::decode_domain(f->payload) : std::nullopt;
-  if (!offer) {
+  if (offer) {
+    // Printed in the Forwarding line and logs: escaped once, here, where it enters.
+    offer->domain = shared::log::printable(offer->domain, 255);
+    offer->public_url = shared::log::printable(offer->public_url, 255);
+  } else {
     std::cerr << "culvert: the server answered with an unexpected "
               << proto::to_string(f->header.type) << " frame" << std::endl;
     finish(exit_refused);
@@ -267,8 +296,7 @@ asio::awaitable<bool> client::control_session(bool first) {
       spdlog::info("server restarted the tunnel's worker; re-opening data connections");
       reopen_.cancel();
     } else if (frame.header.type == proto::frame_type::error) {
-      auto e = proto::decode_error_message(frame.payload);
-      spdlog::warn("server: {}", e ? e->message : "malformed ERROR frame");
+      spdlog::warn("server: {}", server_text(proto::decode_error_message(frame.payload)));
     }
   };
   hooks.on_closed = [this](const std::string& reason) {
@@ -304,7 +332,9 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
       };
     }
     hooks.on_stream_closed = [](const shared::net::stream_report& r) {
-      if (r.abnormal) spdlog::debug("stream {} from {} reset: {}", r.id, r.peer, r.reason);
+      if (r.abnormal)
+        spdlog::debug("stream {} from {} reset: {}", r.id, shared::log::printable(r.peer),
+                      shared::log::printable(r.reason));
     };
     hooks.on_closed = [&closed, index](const std::string& reason) {
       spdlog::info("data connection {} closed: {}", index, reason);
@@ -326,7 +356,7 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
 asio::awaitable<std::optional<shared::net::transport>> client::open_data_connection(
     tunnel_info tunnel, unsigned index) {
   auto socket = co_await connect_to(server_host_, server_port_);
-  if (!socket) co_return std::nullopt;
+  if (!socket || !reaches_loopback(*socket)) co_return std::nullopt;
   std::optional<shared::net::transport> stream;
   if (options_.tls) {
     // The route goes in clear (it only names the tunnel); the worker it reaches proves it knows
@@ -353,8 +383,8 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
   auto* f = std::get_if<proto::frame>(&reply);
   if (!f) co_return std::nullopt;
   if (f->header.type == proto::frame_type::error) {
-    auto e = proto::decode_error_message(f->payload);
-    spdlog::warn("data connection {} refused: {}", index, e ? e->message : "malformed ERROR");
+    spdlog::warn("data connection {} refused: {}", index,
+                 server_text(proto::decode_error_message(f->payload)));
     co_return std::nullopt;  // the control session decides whether the tunnel still exists
   }
   if (f->header.type != proto::frame_type::data_ready) co_return std::nullopt;

@@ -58,6 +58,9 @@ class client {
       tunnel_info, unsigned index);
   boost::asio::awaitable<std::optional<boost::asio::ip::tcp::socket>> dial_local();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds);
+  // False (after a warning) if clear text was chosen for a loopback server and this connection
+  // reached another address (the name was resolved again since).
+  bool reaches_loopback(const boost::asio::ip::tcp::socket&) const;
   void finish(int code);
   void close_sessions();
 

@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "client/clear_text.hpp"
 #include "shared/net/address.hpp"
+#include "shared/util/secrets.hpp"
 
 namespace culvert::client {
 
@@ -24,10 +26,21 @@ std::string default_state_dir() {
   return "";
 }
 
+namespace {
+// A token file holds the token on its first line; the line end is not part of it.
+std::string first_line(const std::string& text) {
+  std::string line = text.substr(0, text.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+}  // namespace
+
 client_parse_result parse_client_arguments(int argc, const char* const* argv) {
   client_options options;
   options.state_dir = default_state_dir();
   std::string local;
+  std::string token_flag;
+  std::string token_path;
   bool no_state = false;
   bool tls_on = false, tls_off = false;
 
@@ -43,8 +56,14 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     sub->add_option("--server,-s", options.server,
                     "culvert server's control address HOST:PORT (default 127.0.0.1:7835)")
         ->envname("CULVERT_SERVER");
-    sub->add_option("--token,-t", options.token, "access token, if the server requires one")
-        ->envname("CULVERT_TOKEN");
+    auto* token_file =
+        sub->add_option("--token-file", token_path,
+                        "read the access token from FILE (its first line; mode 600, owned by "
+                        "you or root), if the server requires one; default $CULVERT_TOKEN");
+    sub->add_option("--token,-t", token_flag,
+                    "access token on the command line, 16-255 bytes (every account on this "
+                    "machine can read a command line: prefer --token-file or $CULVERT_TOKEN)")
+        ->excludes(token_file);
     sub->add_option("--subdomain", options.subdomain,
                     "ask for this name under the server's base domain (default: generated)");
     sub->add_option("--state-dir", options.state_dir,
@@ -54,7 +73,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     sub->add_flag("--no-state", no_state, "do not read or write a state file");
     auto* tls = sub->add_flag("--tls", tls_on,
                               "encrypt the connection to the server with TLS 1.3 (default: on, "
-                              "except for a server on this machine's loopback)");
+                              "except for a server whose every address is loopback)");
     sub->add_flag("--no-tls", tls_off, "talk to the server in clear text")->excludes(tls);
     sub->add_option("--ca", options.ca_file,
                     "verify the server's certificate against this CA file (PEM) instead of the "
@@ -94,21 +113,48 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     result.output = "culvert: --server '" + options.server + "' is not HOST:PORT\n";
     return result;
   }
-  if (options.token.size() > 255 || options.subdomain.size() > 63) {
+  if (options.subdomain.size() > 63) {
     result.exit_code = exit_usage;
-    result.output = "culvert: --token is limited to 255 bytes and --subdomain to 63\n";
+    result.output = "culvert: --subdomain is limited to 63 bytes\n";
     return result;
   }
+  std::string token_source;
+  try {
+    auto* chosen = tcp->parsed() ? tcp : http;
+    if (chosen->get_option("--token")->count() > 0) {
+      options.token = token_flag;
+      token_source = "--token";
+      result.warnings.push_back(
+          "--token puts the token on the command line, where every account on this machine can "
+          "read it (ps, /proc/PID/cmdline); use --token-file FILE or $CULVERT_TOKEN");
+    } else if (!token_path.empty()) {
+      options.token = first_line(shared::util::read_secret_file("token file", token_path, 4096));
+      token_source = "the token file";
+    } else if (const char* env = std::getenv("CULVERT_TOKEN"); env && *env) {
+      options.token = env;
+      token_source = "$CULVERT_TOKEN";
+    }
+  } catch (const shared::util::secret_file_error& e) {
+    result.exit_code = exit_usage;
+    result.output = std::string("culvert: ") + e.what() + "\n";
+    return result;
+  }
+  if (!token_source.empty())
+    if (auto why = shared::util::check_token_length(options.token)) {
+      result.exit_code = exit_usage;
+      result.output = "culvert: the token from " + token_source + " " + *why + "\n";
+      return result;
+    }
   if (no_state) options.state_dir.clear();
   const auto server = shared::net::parse_host_port(options.server);
-  const bool loopback_server = shared::net::is_loopback_host(server->host);
   if (tls_off && (options.insecure || !options.ca_file.empty())) {
     result.exit_code = exit_usage;
     result.output = "culvert: --no-tls cannot be combined with --ca or --insecure\n";
     return result;
   }
-  options.tls =
-      tls_on || (!tls_off && (!loopback_server || options.insecure || !options.ca_file.empty()));
+  const bool explicit_choice = tls_on || tls_off || options.insecure || !options.ca_file.empty();
+  options.tls = explicit_choice ? !tls_off : !stays_on_this_machine(server->host);
+  options.clear_needs_loopback = !explicit_choice && !options.tls;
   result.options = std::move(options);
   return result;
 }

@@ -1,11 +1,14 @@
 // The client's command line: `culvert http [HOST:]PORT` and `culvert tcp HOST:PORT` with the
 // server, token, subdomain and state-file settings. Runs in the culvert CLI.
+// Invariant: a token that left the parser is empty (none) or 16-255 bytes, from a file others
+// cannot read, the environment, or (with a warning) the command line.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "shared/protocol/messages.hpp"
 
@@ -16,14 +19,19 @@ struct client_options {
   std::string local_host = "127.0.0.1";
   std::uint16_t local_port = 0;
   std::string server = "127.0.0.1:7835";
+  // Empty (no token) or 16-255 bytes, from --token-file, $CULVERT_TOKEN or --token.
   std::string token;
   std::string subdomain;
   std::string state_dir;  // where reclaim secrets live; empty = no state file
   std::string log_level = "info";
   std::chrono::seconds connect_timeout{10};
-  // TLS to the server: on unless the server is on this machine (loopback), where clear text is
-  // the demo's default; --tls / --no-tls decide explicitly.
+  // TLS to the server: on unless the server is on this machine (a loopback address, or a name
+  // whose every address is loopback), where clear text is the demo's default; --tls / --no-tls
+  // decide explicitly.
   bool tls = false;
+  // Clear text chosen by default for a loopback server: every connection must then reach a
+  // loopback address (a name resolved again later could point elsewhere).
+  bool clear_needs_loopback = false;
   std::string ca_file;    // trust this CA instead of the system store
   bool insecure = false;  // do not verify the server's certificate (development only)
 
@@ -34,6 +42,7 @@ struct client_parse_result {
   std::optional<client_options> options;  // set when the client should run
   int exit_code = 0;                      // otherwise: 0 for --help/--version, 1 for bad usage
   std::string output;
+  std::vector<std::string> warnings;  // with options: for stderr before the client starts
 };
 
 // Exit codes of the culvert CLI (also in README.md).

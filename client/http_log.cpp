@@ -9,11 +9,16 @@
 #include <charconv>
 #include <ctime>
 
+#include "shared/log/printable.hpp"
+
 namespace culvert::client {
 namespace {
 
 constexpr std::size_t max_head_bytes = 64 * 1024;
 constexpr std::size_t max_line_bytes = 4096;  // a chunk-size or trailer line
+// A visitor chooses the target: it reaches the terminal escaped (no ESC, CR or LF) and capped,
+// so a request cannot retitle the window, clear the screen or forge a log line.
+constexpr std::size_t max_target_shown = 300;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -229,7 +234,7 @@ bool http_log_observer::start_request() {
 
   pending p;
   p.exchange.method = std::string(method);
-  p.exchange.target = std::string(line.substr(sp1 + 1, sp2 - sp1 - 1));
+  p.exchange.target = shared::log::printable(line.substr(sp1 + 1, sp2 - sp1 - 1), max_target_shown);
   p.started = now_();
   requests_.push_back(std::move(p));
 

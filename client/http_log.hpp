@@ -19,9 +19,9 @@ namespace culvert::client {
 
 struct http_exchange {
   std::string method;
-  std::string target;
-  int status = 0;                                  // 0: no response arrived
-  std::uint64_t response_bytes = 0;                // body bytes (decoded length for chunked bodies)
+  std::string target;                // escaped and capped (shared::log::printable): safe to print
+  int status = 0;                    // 0: no response arrived
+  std::uint64_t response_bytes = 0;  // body bytes (decoded length for chunked bodies)
   std::chrono::steady_clock::duration duration{};  // first request byte to last response byte
   bool complete = true;  // false: the stream ended before the response did
 };

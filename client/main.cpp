@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGPIPE, SIG_IGN);
   culvert::shared::log::init("client", parsed.options->log_level);
+  for (const auto& warning : parsed.warnings) std::cerr << "culvert: WARNING: " << warning << "\n";
   if (parsed.options->insecure)
     std::cerr << "culvert: WARNING: --insecure: the server's certificate is NOT checked; anyone on "
                  "the path can impersonate the server and read or change this tunnel's traffic\n";

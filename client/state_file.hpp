@@ -1,7 +1,8 @@
 // The client's per-user state file: the tunnel id and reclaim secret of the last tunnel opened
 // with the same server, kind, local address and subdomain, so that a restarted client gets its
 // domain and port back within the server's grace period. Runs in the culvert CLI.
-// Invariant: the file is written whole (temporary file + rename) and readable by its owner only;
+// Invariant: the file is written whole (a temporary file created new, then renamed), readable by
+// its owner only, in a directory that belongs to the user and that no one else may write;
 // one running client at a time uses it (an flock on a lock file beside it), so a second client
 // started with the same arguments opens a tunnel of its own instead of taking over the first's.
 #pragma once

@@ -1,9 +1,11 @@
 // The supervisor's configuration (see config.hpp): one table of settings drives the flags, the
 // TOML keys, --print-config and the checks, so the four never disagree. Runs in the supervisor.
 // Invariant: every check is a pure function of one value (or, in validate(), of the whole config);
-// nothing here touches the network or the filesystem except reading the --config file.
+// nothing here touches the network or the filesystem except reading the --config file (whose
+// permissions are checked like a tokens file's when it sets tokens).
 #include "supervisor/config.hpp"
 
+#include <sys/stat.h>
 #include <toml++/toml.h>
 
 #include <CLI/CLI.hpp>
@@ -17,6 +19,7 @@
 #include <memory>
 
 #include "shared/net/address.hpp"
+#include "shared/util/secrets.hpp"
 #include "supervisor/domain_pool.hpp"
 
 #ifndef CULVERT_VERSION
@@ -172,9 +175,7 @@ reason check_log_level(std::string_view text) {
 
 // Tokens are secrets: messages give their position and size, never their bytes.
 reason check_token(std::string_view token) {
-  if (token.empty() || token.size() > limits::max_token_bytes)
-    return "must be 1-" + std::to_string(limits::max_token_bytes) + " bytes, got " +
-           std::to_string(token.size()) + " bytes";
+  if (auto why = shared::util::check_token_length(token)) return why;
   if (!is_utf8(token)) return "must be valid UTF-8";  // a TOML file can hold nothing else
   return std::nullopt;
 }
@@ -255,7 +256,9 @@ const auto& settings() {
       {.key = "tokens",
        .flag = "--token",
        .value_name = "TOKEN",
-       .help = "Token a client must present; --token may be repeated and replaces the file's list",
+       .help = "Token a client must present, 16-255 bytes; may be repeated and replaces the file's "
+               "list. Every account can read a command line: prefer --tokens-file (a --config "
+               "file that sets tokens must be mode 600 like it)",
        .kind = value_kind::text_list,
        .empty_means = "none, any client is accepted"},
       {.key = "tokens_file",
@@ -561,7 +564,14 @@ void load_value(config& cfg, const setting& s, const toml::node& node, const std
   }
 }
 
-std::string read_file(const std::string& path) {
+// The file's text and the status of the descriptor it was read from: a file that sets tokens
+// must pass the same permission check as a tokens file (done once its content is known).
+struct config_file {
+  std::string text;
+  struct stat status {};
+};
+
+config_file read_file(const std::string& path) {
   constexpr std::size_t max_bytes = 1 << 20;  // a config file is a few hundred bytes
   struct closer {
     void operator()(std::FILE* f) const { std::fclose(f); }
@@ -570,17 +580,20 @@ std::string read_file(const std::string& path) {
   if (!file)
     throw config_error("cannot open config file " + shown(path) +
                        ": fopen: " + std::strerror(errno));
-  std::string text;
+  config_file out;
+  if (::fstat(::fileno(file.get()), &out.status) != 0)
+    throw config_error("cannot check config file " + shown(path) +
+                       ": fstat: " + std::strerror(errno));
   char buffer[4096];
   while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, file.get())) {
-    text.append(buffer, n);
-    if (text.size() > max_bytes)
+    out.text.append(buffer, n);
+    if (out.text.size() > max_bytes)
       throw config_error("config file " + shown(path) + " is larger than 1 MiB");
   }
   if (std::ferror(file.get()))
     throw config_error("cannot read config file " + shown(path) +
                        ": fread: " + std::strerror(errno));
-  return text;
+  return out;
 }
 
 std::optional<std::int64_t> parse_integer(std::string_view text) {
@@ -591,9 +604,11 @@ std::optional<std::int64_t> parse_integer(std::string_view text) {
 }
 
 parse_result failure(std::string_view message) {
-  return {std::nullopt, 2,
+  return {std::nullopt,
+          2,
           std::string(program) + ": " + std::string(message) + "\nRun '" + std::string(program) +
-              " --help' for the list of options.\n"};
+              " --help' for the list of options.\n",
+          {}};
 }
 
 }  // namespace
@@ -741,16 +756,22 @@ parse_result parse_arguments(int argc, const char* const* argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
-    return {std::nullopt, 0, app.help()};
+    return {std::nullopt, 0, app.help(), {}};
   } catch (const CLI::CallForVersion&) {
-    return {std::nullopt, 0, std::string(program) + " " + std::string(version()) + "\n"};
+    return {std::nullopt, 0, std::string(program) + " " + std::string(version()) + "\n", {}};
   } catch (const CLI::ParseError& e) {
     return failure(e.what());
   }
 
   try {
     config cfg;
-    if (config_option->count() > 0) cfg = load_toml(read_file(config_path), config_path);
+    if (config_option->count() > 0) {
+      const auto file = read_file(config_path);
+      cfg = load_toml(file.text, config_path);
+      if (!cfg.tokens.empty())
+        if (auto why = shared::util::check_secret_file("config file", config_path, file.status))
+          throw config_error(*why + ", or move its tokens to a tokens_file");
+    }
     for (std::size_t i = 0; i < settings().size(); ++i) {
       if (options[i]->count() == 0) continue;
       const setting& s = settings()[i];
@@ -776,8 +797,13 @@ parse_result parse_arguments(int argc, const char* const* argv) {
       }
     }
     validate(cfg);
-    if (print_config) return {std::nullopt, 0, to_toml(cfg)};
-    return {std::move(cfg), 0, {}};
+    if (print_config) return {std::nullopt, 0, to_toml(cfg), {}};
+    parse_result result{std::move(cfg), 0, {}, {}};
+    if (!tokens.empty())
+      result.warnings.push_back(
+          "--token puts a secret on the command line, where every account on this machine can "
+          "read it (ps, /proc/PID/cmdline); use tokens_file (--tokens-file) instead");
+    return result;
   } catch (const config_error& e) {
     return failure(e.what());
   }

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/util/secrets.hpp"
+
 namespace culvert::supervisor {
 
 struct config {
@@ -60,7 +62,8 @@ inline constexpr std::uint32_t max_visitors = 1'000'000;
 inline constexpr std::int64_t max_seconds = 31'536'000;  // one year: far from clock overflow
 // The handshake carries it as 16-bit seconds; an hour is already past any NAT's idle timeout.
 inline constexpr std::int64_t max_heartbeat_interval = 3600;
-inline constexpr std::size_t max_token_bytes = 255;
+inline constexpr std::size_t min_token_bytes = shared::util::min_token_bytes;  // as everywhere
+inline constexpr std::size_t max_token_bytes = shared::util::max_token_bytes;
 inline constexpr std::size_t max_instance_chars = 32;
 inline constexpr std::int64_t max_auth_failure_delay_ms = 60'000;
 inline constexpr std::size_t max_user_chars = 32;               // useradd's limit
@@ -77,6 +80,7 @@ struct parse_result {
   std::optional<config> cfg;  // set when the supervisor should run
   int exit_code = 0;          // when cfg is empty: 0 (--help/--version/--print-config) or 2 (error)
   std::string output;         // text to print (help, version, effective config, or error message)
+  std::vector<std::string> warnings;  // with cfg: to log once logging is set up
 };
 
 std::string_view version();

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGPIPE, SIG_IGN);  // a vanished peer is an error code, not a death
   culvert::shared::log::init("supervisor", parsed.cfg->log_level);
+  for (const auto& warning : parsed.warnings) spdlog::warn("{}", warning);
   try {
     boost::asio::io_context io(1);
     sv::supervisor supervisor(io, *parsed.cfg);

@@ -12,12 +12,9 @@
 //   reserved = ["alice"]      # optional; names only this token may have
 #include "supervisor/token_registry.hpp"
 
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <sys/stat.h>
 #include <toml++/toml.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +22,7 @@
 #include <cstring>
 
 #include "shared/log/printable.hpp"
+#include "shared/util/secrets.hpp"
 #include "supervisor/config.hpp"
 #include "supervisor/domain_pool.hpp"
 
@@ -117,57 +115,12 @@ std::vector<std::string> string_list(const toml::node& node, const std::string& 
   return out;
 }
 
-// sshd's StrictModes, for a file of secrets: checked on the open descriptor, so the file that is
-// read is the file that was checked.
-void check_file_mode(const std::string& path, const struct stat& st,
-                     std::vector<std::string>* warnings) {
-  const std::string file = "tokens file " + shown(path);
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
-  if (!S_ISREG(st.st_mode)) throw config_error(file + " is not a regular file");
-  if (st.st_uid != 0 && st.st_uid != ::geteuid())
-    throw config_error(file + " is owned by uid " + std::to_string(st.st_uid) +
-                       "; it must belong to root or to the user running the supervisor (uid " +
-                       std::to_string(::geteuid()) + ")");
-  if (st.st_mode & (S_IWGRP | S_IWOTH))
-    throw config_error(file + " is writable by group or others (mode " + mode +
-                       "), so they could add tokens; run chmod 600 " + shown(path));
-  if (st.st_mode & S_IROTH)
-    throw config_error(file + " is readable by every user (mode " + mode +
-                       ") but holds secrets; run chmod 600 " + shown(path));
-  if ((st.st_mode & S_IRGRP) && warnings)
-    warnings->push_back(file + " is readable by its group (mode " + mode +
-                        "); run chmod 600 unless that is intended");
-}
-
-std::string read_checked(const std::string& path, std::vector<std::string>* warnings) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0)
-    throw config_error("cannot open tokens file " + shown(path) +
-                       ": open: " + std::strerror(errno));
-  struct fd_closer {
-    int fd;
-    ~fd_closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    throw config_error("cannot check tokens file " + shown(path) +
-                       ": fstat: " + std::strerror(errno));
-  check_file_mode(path, st, warnings);
-  std::string text;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0)
-      throw config_error("cannot read tokens file " + shown(path) +
-                         ": read: " + std::strerror(errno));
-    if (n == 0) break;
-    text.append(buffer, std::size_t(n));
-    if (text.size() > token_registry::max_file_bytes)
-      throw config_error("tokens file " + shown(path) + " is larger than 1 MiB");
+std::string read_checked(const std::string& path) {
+  try {
+    return shared::util::read_secret_file("tokens file", path, token_registry::max_file_bytes);
+  } catch (const shared::util::secret_file_error& e) {
+    throw config_error(e.what());
   }
-  return text;
 }
 
 }  // namespace
@@ -255,9 +208,8 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
           if (hash) throw config_error(here + "give token or sha256, not both");
           const std::string& secret = text->get();
           if (field == "token") {
-            if (secret.size() < min_secret_bytes || secret.size() > max_secret_bytes)
-              throw config_error(here + "token must be 16-255 bytes, got " +
-                                 std::to_string(secret.size()) + " bytes");
+            if (auto why = shared::util::check_token_length(secret))
+              throw config_error(here + "token " + *why);
             hash = sha256(secret);
           } else {
             hash = parse_hex_digest(secret);
@@ -307,8 +259,8 @@ token_registry token_registry::parse(std::string_view toml_text, const std::stri
 }
 
 token_registry token_registry::load_file(const std::string& path, std::uint32_t default_max_tunnels,
-                                         std::vector<std::string>* warnings) {
-  return parse(read_checked(path, warnings), path, default_max_tunnels);
+                                         std::vector<std::string>* /*warnings*/) {
+  return parse(read_checked(path), path, default_max_tunnels);
 }
 
 token_registry token_registry::from_tokens(const std::vector<std::string>& tokens,

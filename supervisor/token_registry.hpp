@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "shared/util/secrets.hpp"
+
 namespace culvert::supervisor {
 
 struct token_policy {
@@ -23,8 +25,8 @@ struct token_policy {
 
 class token_registry {
  public:
-  static constexpr std::size_t min_secret_bytes = 16;   // in a tokens file (not for --token)
-  static constexpr std::size_t max_secret_bytes = 255;  // what the INIT message carries
+  static constexpr std::size_t min_secret_bytes = shared::util::min_token_bytes;  // everywhere
+  static constexpr std::size_t max_secret_bytes = shared::util::max_token_bytes;  // INIT's limit
   static constexpr std::size_t max_name_chars = 64;
   static constexpr std::size_t max_file_bytes = 1 << 20;
   // The one message for every refused token: missing, wrong, or malformed look alike.
@@ -39,9 +41,9 @@ class token_registry {
   token_registry& operator=(const token_registry&) = delete;
 
   // Reads and checks a tokens file (format in docs and token_registry.cpp). Refuses (throws
-  // config_error) a file that is not a regular file, is writable by group or others, readable by
-  // others, or owned by anyone but the running user or root, like sshd's StrictModes. A
-  // group-readable file is accepted with a line appended to *warnings (when given).
+  // config_error) a file that is not a regular file, that group or others may read or write, or
+  // that is owned by anyone but the running user or root (shared::util::check_secret_file, the
+  // rule for every file of secrets). `warnings` is kept for callers; nothing is only a warning.
   static token_registry load_file(const std::string& path, std::uint32_t default_max_tunnels,
                                   std::vector<std::string>* warnings = nullptr);
   // The same format from text; errors read "SOURCE: line L: message" (config_error).

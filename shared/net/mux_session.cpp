@@ -342,9 +342,9 @@ bool mux_session::handle_frame(const proto::frame_header& h,
       return open_;
     case proto::frame_type::error: {
       auto e = proto::decode_error_message(payload);
-      // The reason reaches the worker's log: the peer's text goes there escaped and capped.
+      // The peer's text ends up in a log or the client's terminal: escaped here, where it enters.
       close("peer reported an error: " +
-            (e ? shared::log::printable(e->message) : std::string("(unreadable)")));
+            (e ? shared::log::printable(e->message, 512) : std::string("(unreadable)")));
       return false;
     }
     default:

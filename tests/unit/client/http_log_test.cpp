@@ -170,3 +170,25 @@ TEST_CASE("format_exchange prints one readable line", "[http_log]") {
   e.complete = false;
   CHECK(format_exchange(e, when).ends_with("GET /index.html - 1532 B 2.41 ms (incomplete)"));
 }
+
+// A visitor chooses the target: escape sequences and line breaks in it must not reach the
+// terminal (issue #16 item 4), and a huge one is cut.
+TEST_CASE("a target holding control bytes is logged escaped and capped", "[http_log]") {
+  harness h;
+  h.request(
+      "GET /\x1b]0;pwned\x07\x1b[2J\nFORGED 12:00:00.000 GET /x 200 1 B 0.01 ms HTTP/1.1\r\n"
+      "Host: a\r\n\r\n");
+  h.response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  REQUIRE(h.seen.size() == 1);
+  CHECK(h.seen[0].target ==
+        "/\\x1b]0;pwned\\x07\\x1b[2J\\x0aFORGED 12:00:00.000 GET /x 200 1 B 0.01 ms");
+  const auto line = format_exchange(h.seen[0], std::chrono::system_clock::now());
+  CHECK(line.find_first_of("\x1b\x07\r\n") == std::string::npos);
+
+  harness big;
+  big.request("GET /" + std::string(5000, 'a') + " HTTP/1.1\r\n\r\n");
+  big.response("HTTP/1.1 204 No Content\r\n\r\n");
+  REQUIRE(big.seen.size() == 1);
+  CHECK(big.seen[0].target.size() == 303);  // 300 bytes and "..."
+  CHECK(big.seen[0].target.ends_with("..."));
+}

@@ -104,7 +104,7 @@ public_bind = "0.0.0.0"
 public_host = "tunnels.example.com"
 base_domain = "t.example.com"
 ports = "30000-30100"
-tokens = ["alpha", "beta"]
+tokens = ["alpha-0123456789abcdef", "beta-0123456789abcdef"]
 max_tunnels = 50
 grace_period = 0
 heartbeat_interval = 2
@@ -127,7 +127,7 @@ log_level = "debug"
   CHECK(cfg.base_domain == "t.example.com");
   CHECK(cfg.port_min == 30000);
   CHECK(cfg.port_max == 30100);
-  CHECK(cfg.tokens == std::vector<std::string>{"alpha", "beta"});
+  CHECK(cfg.tokens == std::vector<std::string>{"alpha-0123456789abcdef", "beta-0123456789abcdef"});
   CHECK(cfg.max_tunnels == 50);
   CHECK(cfg.grace_period == 0s);
   CHECK(cfg.heartbeat_interval == 2s);
@@ -174,7 +174,7 @@ TEST_CASE("load_toml names the key and the expected type of a wrong value", "[co
              Catch::Contains("grace_period must be an integer, got a floating-point number"));
   CHECK_THAT(load_error("[server]\ntokens = \"abc\"\n"),
              Catch::Contains("tokens must be an array of strings, got a string"));
-  CHECK_THAT(load_error("[server]\ntokens = [\"a\", 2]\n"),
+  CHECK_THAT(load_error("[server]\ntokens = [\"a-0123456789abcdef\", 2]\n"),
              Catch::Contains("tokens[1] must be a string, got an integer"));
   CHECK_THAT(load_error("[server]\nlog_level = true\n"),
              Catch::Contains("log_level must be a string, got a boolean"));
@@ -190,30 +190,34 @@ TEST_CASE("load_toml reports syntax errors and bad values with their line", "[co
              Catch::StartsWith("test.toml: line 2: ports must be MIN-MAX"));
   CHECK_THAT(load_error("[server]\nmax_tunnels = 99999999999\n"),
              Catch::Contains("max_tunnels must be between 1 and 65536"));
-  CHECK_THAT(load_error("[server]\ntokens = [\"\"]\n"), Catch::Contains("tokens[0] must be 1-255"));
+  CHECK_THAT(load_error("[server]\ntokens = [\"\"]\n"),
+             Catch::Contains("tokens[0] must be 16-255 bytes, got 0 bytes"));
 }
 
 TEST_CASE("flags override the file, the file overrides defaults", "[config]") {
   const temp_file file(R"([server]
 max_tunnels = 10
 base_domain = "file.example.com"
-tokens = ["from-file"]
+tokens = ["from-file-0123456789"]
 grace_period = 60
 )");
+  std::filesystem::permissions(file.path, std::filesystem::perms(0600));  // it holds a token
   const auto from_file = parse({"--config", file.path.string()});
   REQUIRE(from_file.cfg);
   CHECK(from_file.cfg->max_tunnels == 10);
   CHECK(from_file.cfg->base_domain == "file.example.com");
-  CHECK(from_file.cfg->tokens == std::vector<std::string>{"from-file"});
+  CHECK(from_file.cfg->tokens == std::vector<std::string>{"from-file-0123456789"});
   CHECK(from_file.cfg->grace_period == 60s);
   CHECK(from_file.cfg->data_connections == 2);  // default kept
 
-  const auto with_flags = parse({"--max-tunnels", "20", "--config", file.path.string(), "--token",
-                                 "one", "--token=two", "--grace-period", "0"});
+  const auto with_flags =
+      parse({"--max-tunnels", "20", "--config", file.path.string(), "--token",
+             "one-0123456789abcdef", "--token=two-0123456789abcdef", "--grace-period", "0"});
   REQUIRE(with_flags.cfg);
   CHECK(with_flags.cfg->max_tunnels == 20);
   CHECK(with_flags.cfg->base_domain == "file.example.com");
-  CHECK(with_flags.cfg->tokens == std::vector<std::string>{"one", "two"});
+  CHECK(with_flags.cfg->tokens ==
+        std::vector<std::string>{"one-0123456789abcdef", "two-0123456789abcdef"});
   CHECK(with_flags.cfg->grace_period == 0s);
 }
 
@@ -229,7 +233,7 @@ TEST_CASE("every flag sets its field", "[config]") {
                              "--ports",
                              "1000-1001",
                              "--token",
-                             "t",
+                             "t-0123456789abcdef",
                              "--max-tunnels",
                              "3",
                              "--grace-period",
@@ -267,7 +271,7 @@ TEST_CASE("every flag sets its field", "[config]") {
   CHECK(cfg.base_domain == "tunnel.test");
   CHECK(cfg.port_min == 1000);
   CHECK(cfg.port_max == 1001);
-  CHECK(cfg.tokens == std::vector<std::string>{"t"});
+  CHECK(cfg.tokens == std::vector<std::string>{"t-0123456789abcdef"});
   CHECK(cfg.max_tunnels == 3);
   CHECK(cfg.grace_period == 4s);
   CHECK(cfg.heartbeat_interval == 6s);
@@ -318,9 +322,9 @@ TEST_CASE("validate rejects each bad value with the setting's name", "[config]")
        },
        "ports (--ports) must be MIN-MAX"},
       {[](config& c) {
-         c.tokens = {"ok", ""};
+         c.tokens = {"ok-0123456789abcdef", "short"};
        },
-       "tokens (--token) token 2 must be 1-255 bytes"},
+       "tokens (--token) token 2 must be 16-255 bytes, got 5 bytes"},
       {[](config& c) { c.tokens = {std::string(256, 'x')}; }, "got 256 bytes"},
       {[](config& c) { c.max_tunnels = 0; }, "max_tunnels (--max-tunnels) must be between 1"},
       {[](config& c) { c.max_tunnels = 65537; }, "max_tunnels (--max-tunnels)"},
@@ -357,7 +361,7 @@ TEST_CASE("validate rejects each bad value with the setting's name", "[config]")
        "auth_failure_delay_ms (--auth-failure-delay-ms) must be between 0 and 60000, got -1"},
       {[](config& c) { c.auth_failure_delay = 60001ms; }, "auth_failure_delay_ms"},
       {[](config& c) {
-         c.tokens = {"t"};
+         c.tokens = {"t-0123456789abcdef"};
          c.tokens_file = "/etc/culvert/tokens.toml";
        },
        "tokens (--token) and tokens_file (--tokens-file) cannot be used together"},
@@ -386,7 +390,7 @@ TEST_CASE("validate accepts the edges of each range", "[config]") {
   cfg.public_host = "2001:db8::1";
   cfg.base_domain = std::string(63, 'a') + "." + std::string(36, 'b');  // 100 characters
   cfg.port_min = cfg.port_max = 1;
-  cfg.tokens = {std::string(255, 'x'), "y"};
+  cfg.tokens = {std::string(255, 'x'), std::string(16, 'y')};
   cfg.max_tunnels = 1;
   cfg.grace_period = 0s;
   cfg.heartbeat_interval = 1s;
@@ -457,8 +461,8 @@ TEST_CASE("flag --print-config round-trips through load_toml", "[config]") {
   const std::vector<std::string> args = {"--control",      "[::1]:0",
                                          "--base-domain",  "x.example",
                                          "--ports",        "4000-4010",
-                                         "--token",        "plain",
-                                         "--token",        "q\"uo\\te\tnl\n",
+                                         "--token",        "plain-0123456789abcdef",
+                                         "--token",        "q\"uo\\te\tnl\n-0123456789",
                                          "--worker",       "/path with spaces/\"w\"",
                                          "--log-level",    "warn",
                                          "--grace-period", "0"};
@@ -510,7 +514,7 @@ TEST_CASE("flag errors exit 2 with the program name and a hint", "[config]") {
   check_error({"--heartbeat-interval", "30"}, "must be greater than heartbeat_interval (30)");
   check_error({"--log-level", "loud"}, "--log-level must be one of");
   check_error({"--control", "nohost"}, "--control must be IP:PORT");
-  check_error({"--token", ""}, "--token (occurrence 1) must be 1-255 bytes");
+  check_error({"--token", ""}, "--token (occurrence 1) must be 16-255 bytes, got 0 bytes");
   check_error({"--no-such-flag"}, "--no-such-flag");
   check_error({"extra"}, "extra");
   check_error({"--max-tunnels"}, "--max-tunnels");
@@ -578,12 +582,13 @@ TEST_CASE("tokens_file and the per-token and per-address limits", "[config][toke
         "test.toml: line 2: auth_failure_delay_ms must be between 0 and 60000, got 60001");
 
   // One source of tokens: --token next to --tokens-file, from the file or the flags, is refused.
-  const auto both = parse({"--token", "t", "--tokens-file", "/etc/culvert/tokens.toml"});
+  const auto both =
+      parse({"--token", "t-0123456789abcdef", "--tokens-file", "/etc/culvert/tokens.toml"});
   CHECK_FALSE(both.cfg);
   CHECK(both.exit_code == 2);
   CHECK_THAT(both.output, Catch::Contains("cannot be used together"));
   const temp_file file("[server]\ntokens_file = \"/etc/culvert/tokens.toml\"\n");
-  CHECK(parse({"--config", file.path.string(), "--token", "t"}).exit_code == 2);
+  CHECK(parse({"--config", file.path.string(), "--token", "t-0123456789abcdef"}).exit_code == 2);
 
   const auto printed = parse({"--tokens-file", "/x/tokens.toml", "--max-tunnels-per-token", "7",
                               "--max-tunnels-per-address", "8", "--max-handshakes-per-address", "9",
@@ -610,8 +615,9 @@ TEST_CASE("flags holding bytes a TOML file cannot hold are refused", "[config]")
   CHECK(result.exit_code == 2);
   CHECK_THAT(result.output, Catch::Contains("--worker must be valid UTF-8"));
   CHECK(parse({"--tls-cert", "/etc/\xc0\xaf", "--tls-key", "/etc/k.pem"}).exit_code == 2);
-  CHECK(parse({"--token", "abc\xff"}).exit_code == 2);
-  result = parse({"--worker", "/opt/culvert/w\xc3\xb6rker", "--token", "t\xe2\x82\xac"});
+  CHECK(parse({"--token", "abcdefghijklmnop\xff"}).exit_code == 2);
+  result = parse(
+      {"--worker", "/opt/culvert/w\xc3\xb6rker", "--token", "t-0123456789abcdef\xe2\x82\xac"});
   REQUIRE(result.cfg);
   CHECK(load_toml(to_toml(*result.cfg), "printed.toml") == *result.cfg);
 }
@@ -624,4 +630,50 @@ TEST_CASE("max_visitors: default, flag, file and range", "[config]") {
   CHECK(load_toml("[server]\nmax_visitors = 5\n", "test.toml").max_visitors == 5);
   CHECK(load_error("[server]\nmax_visitors = 0\n") ==
         "test.toml: line 2: max_visitors must be between 1 and 1000000, got 0");
+}
+
+// A token is a secret wherever it is given: 16 bytes at least (as in a tokens file), a --config
+// file that sets tokens is held to the tokens file's permission rule, and a token on the command
+// line (readable by every account) is accepted with a warning.
+TEST_CASE("tokens: same length and permission rules as the tokens file", "[config][tokens]") {
+  namespace fs = std::filesystem;
+  const temp_file file("[server]\ntokens = [\"from-file-0123456789\"]\n");
+  const auto refusal = [&](fs::perms mode) {
+    fs::permissions(file.path, mode);
+    const auto result = parse({"--config", file.path.string()});
+    CHECK_FALSE(result.cfg);
+    CHECK(result.exit_code == 2);
+    return result.output;
+  };
+  CHECK_THAT(refusal(fs::perms(0644)),
+             Catch::Contains("config file '" + file.path.string() + "'") &&
+                 Catch::Contains("is readable by group or others (mode 0644)") &&
+                 Catch::Contains("chmod 600") && Catch::Contains("tokens_file"));
+  CHECK_THAT(refusal(fs::perms(0640)), Catch::Contains("(mode 0640)"));
+  CHECK_THAT(refusal(fs::perms(0620)), Catch::Contains("writable by group or others (mode 0620)"));
+  fs::permissions(file.path, fs::perms(0600));
+  CHECK(parse({"--config", file.path.string()}).cfg);
+  if (::geteuid() == 0) {
+    REQUIRE(::chown(file.path.c_str(), 65534, 65534) == 0);
+    CHECK_THAT(parse({"--config", file.path.string()}).output,
+               Catch::Contains("is owned by uid 65534"));
+  }
+
+  const temp_file no_tokens("[server]\nmax_tunnels = 10\n");
+  fs::permissions(no_tokens.path, fs::perms(0644));
+  CHECK(parse({"--config", no_tokens.path.string()}).cfg);  // nothing secret: may be readable
+
+  const auto short_token = parse({"--token", "fifteen-bytes.."});
+  CHECK(short_token.exit_code == 2);
+  CHECK_THAT(short_token.output, Catch::Contains("--token (occurrence 1) must be 16-255 bytes, "
+                                                 "got 15 bytes"));
+  CHECK_THAT(load_error("[server]\ntokens = [\"short\"]\n"),
+             Catch::Contains("tokens[0] must be 16-255 bytes, got 5 bytes"));
+
+  const auto on_command_line = parse({"--token", "sixteen-bytes..."});
+  REQUIRE(on_command_line.cfg);
+  REQUIRE(on_command_line.warnings.size() == 1);
+  CHECK_THAT(on_command_line.warnings[0],
+             Catch::Contains("every account") && Catch::Contains("--tokens-file"));
+  CHECK(parse({"--max-tunnels", "3"}).warnings.empty());
 }
