@@ -646,6 +646,7 @@ void supervisor::start_worker(const tunnel_ptr& t) {
     spawn(io_, tell_worker(channel, std::move(key_message)), "worker key");
   }
   t->worker_ready = false;
+  t->worker_did_work = false;
   t->worker_started = std::chrono::steady_clock::now();
   by_worker_pid_[pid] = t;
   publish(*t);
@@ -695,6 +696,9 @@ asio::awaitable<void> supervisor::worker_channel_loop(
         continue;
       }
       t->data_connections = count;
+      // It adopted a data connection: from now on its exit is no sign of a broken worker (an
+      // outsider's load could cause it, and must not get the tunnel closed).
+      t->worker_did_work = true;
       publish(*t);
     } else {
       warn("unknown message");
@@ -731,6 +735,7 @@ void supervisor::on_worker_exit(pid_t pid, int status) {
   by_worker_pid_.erase(it);
   t->worker_pid = 0;
   t->worker_ready = false;
+  t->data_connections = 0;  // they died with it
   if (t->channel) t->channel->close();
   t->channel.reset();
   const auto lived = std::chrono::steady_clock::now() - t->worker_started;
@@ -741,7 +746,10 @@ void supervisor::on_worker_exit(pid_t pid, int status) {
     return;
   }
   spdlog::warn("{}: worker {} {} unexpectedly", t->domain, pid, describe_exit(status));
-  t->quick_failures = lived < quick_exit ? t->quick_failures + 1 : 0;
+  // Postfix's rule: back off, and in the end give up, only for a worker that dies before doing
+  // any work. One that adopted a data connection may have been killed by visitor load, and
+  // that load may hit every restart: counting those would let outsiders close the tunnel.
+  t->quick_failures = lived < quick_exit && !t->worker_did_work ? t->quick_failures + 1 : 0;
   const bool fatal = WIFEXITED(status) && WEXITSTATUS(status) == worker_exit_fatal;
   if (fatal || t->quick_failures > max_quick_failures) {
     spdlog::error("{}: worker keeps failing; closing the tunnel", t->domain);

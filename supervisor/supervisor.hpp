@@ -65,8 +65,10 @@ struct tunnel {
   };
   std::deque<pending_data> waiting_data;  // arrived while no worker was ready
   std::uint32_t restarts = 0;
-  std::uint32_t quick_failures = 0;  // consecutive exits soon after start (for back-off)
+  // Consecutive exits soon after start before doing any work (for back-off and giving up).
+  std::uint32_t quick_failures = 0;
   std::chrono::steady_clock::time_point worker_started;
+  bool worker_did_work = false;  // the current worker has reported a data connection
   std::uint16_t data_connections = 0;
   bool reopen_pending = false;  // tell the client to re-open data connections once the worker is up
   std::vector<usage_counter::lease> leases;  // its share of the per-token and per-address limits
