@@ -55,6 +55,13 @@ std::string describe_exit(int status) {
   return "ended with status " + std::to_string(status);
 }
 
+// Where a route tag is filed in by_route_: its first 8 bytes.
+std::uint64_t route_index(const proto::route_tag_bytes& tag) {
+  std::uint64_t index = 0;
+  std::memcpy(&index, tag.data(), sizeof(index));
+  return index;
+}
+
 ipc::tunnel_kind table_kind(proto::tunnel_kind kind) {
   return kind == proto::tunnel_kind::tcp ? ipc::tunnel_kind::tcp : ipc::tunnel_kind::http;
 }
@@ -359,6 +366,13 @@ supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
   return it == tunnels_.end() ? nullptr : it->second;
 }
 
+supervisor::tunnel_ptr supervisor::find_by_route_tag(const proto::route_tag_bytes& tag) const {
+  auto it = by_route_.find(route_index(tag));
+  if (it == by_route_.end() || !shared::util::equal_constant_time(it->second->route_tag, tag))
+    return nullptr;
+  return it->second;
+}
+
 asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
                                               proto::init_message init) {
   boost::system::error_code ec;
@@ -456,6 +470,15 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     do t->id = shared::util::random_u64();
     while (t->id == 0 || tunnels_.count(t->id));
     shared::util::fill_random(t->secret);
+    if (tls_) {
+      // Data connections find the tunnel by its route tag; draw again in the (2^-64) case that
+      // its index is taken.
+      for (t->route_tag = shared::tls::derive_route_tag(t->secret);
+           by_route_.count(route_index(t->route_tag));
+           t->route_tag = shared::tls::derive_route_tag(t->secret))
+        shared::util::fill_random(t->secret);
+      by_route_[route_index(t->route_tag)] = t;
+    }
     t->domain = name.domain;
     t->port = t->listener.local_endpoint().port();
     t->kind = init.kind;
@@ -548,16 +571,19 @@ asio::awaitable<void> supervisor::attach_data(shared::net::transport stream,
   co_await deliver_data(t, std::move(stream.socket()), false);
 }
 
-// TLS servers: the client named its tunnel in clear; whether it holds the secret is settled by
+// TLS servers: the client named its tunnel in clear by its route tag, which only a holder of
+// the secret can compute (a tunnel id, in the table or a log, routes nothing), so strangers
+// never reach a worker's TLS handshake slots. Whether the client holds the secret is settled by
 // the TLS handshake with the tunnel's worker, which alone knows the key derived from it.
 asio::awaitable<void> supervisor::route_data(shared::net::transport stream,
                                              proto::data_route_message route) {
-  auto t = find_by_id(route.tunnel_id);
+  auto t = find_by_route_tag(route.route_tag);
   if (!t || t->state == ipc::slot_state::stopping) {
     boost::system::error_code ec;
-    spdlog::info("{}: data connection refused: unknown tunnel",
+    spdlog::info("{}: data connection refused: unknown route tag",
                  shared::net::to_string(stream.socket().remote_endpoint(ec)));
-    co_await proto::refuse(stream, proto::error_code::unknown_tunnel, "no tunnel with this id");
+    co_await proto::refuse(stream, proto::error_code::unknown_tunnel,
+                           "no tunnel with this route tag");
     co_return;
   }
   co_await deliver_data(t, std::move(stream.socket()), true);
@@ -838,6 +864,9 @@ void supervisor::finish_tunnel(const tunnel_ptr& t) {
   free_slots_.push_back(t->slot);
   t->leases.clear();  // the token's and the address's share come back now
   tunnels_.erase(t->id);
+  if (auto route = by_route_.find(route_index(t->route_tag));
+      route != by_route_.end() && route->second == t)
+    by_route_.erase(route);
   spdlog::info("{}: released (port {}, slot {})", t->domain, t->port, t->slot);
   if (stopping_ && tunnels_.empty()) io_.stop();
 }

@@ -42,6 +42,7 @@ struct tunnel {
 
   std::uint64_t id = 0;
   shared::protocol::secret_bytes secret{};
+  shared::protocol::route_tag_bytes route_tag{};  // TLS servers: what DATA_ROUTE must carry
   std::string domain;
   std::uint16_t port = 0;
   shared::protocol::tunnel_kind kind = shared::protocol::tunnel_kind::http;
@@ -107,6 +108,7 @@ class supervisor {
                                                            const std::string& source,
                                                            const std::string& peer_text);
   tunnel_ptr find_by_id(std::uint64_t id) const;
+  tunnel_ptr find_by_route_tag(const shared::protocol::route_tag_bytes&) const;
   std::string label_of(const std::string& domain) const;  // "brave-otter-42" of its domain
   void attach_control(const tunnel_ptr&, shared::net::transport);
   void start_worker(const tunnel_ptr&);
@@ -133,6 +135,9 @@ class supervisor {
   std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
   std::map<std::uint64_t, tunnel_ptr> tunnels_;     // by tunnel id
   std::map<pid_t, tunnel_ptr> by_worker_pid_;
+  // TLS servers: by the first 8 bytes of the route tag; the whole tag is then compared in
+  // constant time, so timing tells nothing beyond those bytes, which alone route nothing.
+  std::map<std::uint64_t, tunnel_ptr> by_route_;
   std::vector<std::uint32_t> free_slots_;
   std::uint32_t pending_handshakes_ = 0;
   boost::asio::signal_set child_signals_;
