@@ -17,7 +17,7 @@ import threading
 import time
 
 from harness import (Environment, answer_with_sha256, connect, make_certificates, pattern_bytes,
-                     recv_all, run_test)
+                     recv_all, run_test, wait_until)
 
 SIZE = 32 * 1024 * 1024
 MOST = SIZE // 2 if os.environ.get("CULVERT_SANITIZED") == "1" else SIZE * 3 // 4
@@ -94,7 +94,10 @@ def main():
             sup = env.supervisor(*sup_args, name=f"supervisor-{label[:5]}", env=environment)
             client = env.client(sup, "tcp", f"127.0.0.1:{origin.port}", *client_args,
                                 name=f"client-{label[:5]}", env=environment)
-            worker = sup.tunnel(client)["worker_pid"]
+            # The client prints its URL before its ACK reaches the supervisor, which only then
+            # starts the worker: wait for its pid rather than read a 0.
+            worker = wait_until(lambda: (sup.tunnel(client) or {}).get("worker_pid"), 10,
+                                "the tunnel's worker")
             # Count from a worker that is serving: its start-up opens a pipe of its own (Asio's
             # signal pipe), late under a sanitizer.
             sup.process.wait_for_output(rf"\[{worker}\] info data connection from \S+ attached "
