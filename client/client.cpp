@@ -359,11 +359,14 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
   if (!socket || !reaches_loopback(*socket)) co_return std::nullopt;
   std::optional<shared::net::transport> stream;
   if (options_.tls) {
-    // The route goes in clear (it only names the tunnel); the worker it reaches proves it knows
-    // the tunnel's secret, as we do, in the TLS handshake itself.
+    // The route goes in clear: a tag derived from the secret that names the tunnel and reveals
+    // neither the secret nor the data key. The worker it reaches proves it knows the tunnel's
+    // secret, as we do, in the TLS handshake itself.
     shared::net::transport clear(std::move(*socket));
-    if (co_await proto::write_frame(clear, proto::encode(proto::data_route_message{
-                                               proto::protocol_version, tunnel.offer.tunnel_id})))
+    if (co_await proto::write_frame(
+            clear,
+            proto::encode(proto::data_route_message{
+                proto::protocol_version, shared::tls::derive_route_tag(tunnel.offer.secret)})))
       co_return std::nullopt;
     stream.emplace(std::move(clear.socket()), *data_tls_);
     shared::tls::offer_psk(stream->native_tls(), tunnel.offer.tunnel_id, tunnel.data_key);

@@ -381,7 +381,8 @@ const auto& settings() {
       {.key = "max_visitors",
        .flag = "--max-visitors",
        .value_name = "N",
-       .help = "Most visitor connections open at once per tunnel (its worker resets more)",
+       .help = "Most visitor connections open at once per tunnel (its worker resets more); "
+               "at most the descriptor limit minus 64",
        .kind = value_kind::number,
        .get_number = [](const config& c) -> std::int64_t { return c.max_visitors; },
        .set_number = [](config& c, std::int64_t v) { c.max_visitors = std::uint32_t(v); },

@@ -58,6 +58,13 @@ std::string describe_exit(int status) {
   return "ended with status " + std::to_string(status);
 }
 
+// Where a route tag is filed in by_route_: its first 8 bytes.
+std::uint64_t route_index(const proto::route_tag_bytes& tag) {
+  std::uint64_t index = 0;
+  std::memcpy(&index, tag.data(), sizeof(index));
+  return index;
+}
+
 ipc::tunnel_kind table_kind(proto::tunnel_kind kind) {
   return kind == proto::tunnel_kind::tcp ? ipc::tunnel_kind::tcp : ipc::tunnel_kind::http;
 }
@@ -428,6 +435,13 @@ supervisor::tunnel_ptr supervisor::find_by_id(std::uint64_t id) const {
   return it == tunnels_.end() ? nullptr : it->second;
 }
 
+supervisor::tunnel_ptr supervisor::find_by_route_tag(const proto::route_tag_bytes& tag) const {
+  auto it = by_route_.find(route_index(tag));
+  if (it == by_route_.end() || !shared::util::equal_constant_time(it->second->route_tag, tag))
+    return nullptr;
+  return it->second;
+}
+
 asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
                                               proto::init_message init, handshake_place& place) {
   boost::system::error_code ec;
@@ -525,6 +539,15 @@ asio::awaitable<void> supervisor::open_tunnel(shared::net::transport stream,
     do t->id = shared::util::random_u64();
     while (t->id == 0 || tunnels_.count(t->id));
     shared::util::fill_random(t->secret);
+    if (tls_) {
+      // Data connections find the tunnel by its route tag; draw again in the (2^-64) case that
+      // its index is taken.
+      for (t->route_tag = shared::tls::derive_route_tag(t->secret);
+           by_route_.count(route_index(t->route_tag));
+           t->route_tag = shared::tls::derive_route_tag(t->secret))
+        shared::util::fill_random(t->secret);
+      by_route_[route_index(t->route_tag)] = t;
+    }
     t->domain = name.domain;
     t->port = t->listener.local_endpoint().port();
     t->kind = init.kind;
@@ -634,17 +657,20 @@ asio::awaitable<void> supervisor::attach_data(shared::net::transport stream,
   co_await deliver_data(t, std::move(stream.socket()), false);
 }
 
-// TLS servers: the client named its tunnel in clear; whether it holds the secret is settled by
+// TLS servers: the client named its tunnel in clear by its route tag, which only a holder of
+// the secret can compute (a tunnel id, in the table or a log, routes nothing), so strangers
+// never reach a worker's TLS handshake slots. Whether the client holds the secret is settled by
 // the TLS handshake with the tunnel's worker, which alone knows the key derived from it.
 asio::awaitable<void> supervisor::route_data(shared::net::transport stream,
                                              proto::data_route_message route,
                                              handshake_place& place) {
-  auto t = find_by_id(route.tunnel_id);
+  auto t = find_by_route_tag(route.route_tag);
   if (!t || t->state == ipc::slot_state::stopping) {
     boost::system::error_code ec;
-    spdlog::info("{}: data connection refused: unknown tunnel",
+    spdlog::info("{}: data connection refused: unknown route tag",
                  shared::net::to_string(stream.socket().remote_endpoint(ec)));
-    co_await proto::refuse(stream, proto::error_code::unknown_tunnel, "no tunnel with this id");
+    co_await proto::refuse(stream, proto::error_code::unknown_tunnel,
+                           "no tunnel with this route tag");
     co_return;
   }
   place.release();  // the worker's TLS handshake proves the secret, under its own limits
@@ -729,6 +755,7 @@ void supervisor::start_worker(const tunnel_ptr& t) {
     spawn(io_, tell_worker(channel, std::move(key_message)), "worker key");
   }
   t->worker_ready = false;
+  t->worker_did_work = false;
   t->worker_started = std::chrono::steady_clock::now();
   by_worker_pid_[pid] = t;
   publish(*t);
@@ -778,6 +805,9 @@ asio::awaitable<void> supervisor::worker_channel_loop(
         continue;
       }
       t->data_connections = count;
+      // It adopted a data connection: from now on its exit is no sign of a broken worker (an
+      // outsider's load could cause it, and must not get the tunnel closed).
+      t->worker_did_work = true;
       publish(*t);
     } else {
       warn("unknown message");
@@ -818,6 +848,7 @@ void supervisor::on_worker_exit(pid_t pid, int status) {
   by_worker_pid_.erase(it);
   t->worker_pid = 0;
   t->worker_ready = false;
+  t->data_connections = 0;  // they died with it
   if (t->channel) t->channel->close();
   t->channel.reset();
   const auto lived = std::chrono::steady_clock::now() - t->worker_started;
@@ -828,7 +859,10 @@ void supervisor::on_worker_exit(pid_t pid, int status) {
     return;
   }
   spdlog::warn("{}: worker {} {} unexpectedly", t->domain, pid, describe_exit(status));
-  t->quick_failures = lived < quick_exit ? t->quick_failures + 1 : 0;
+  // Postfix's rule: back off, and in the end give up, only for a worker that dies before doing
+  // any work. One that adopted a data connection may have been killed by visitor load, and
+  // that load may hit every restart: counting those would let outsiders close the tunnel.
+  t->quick_failures = lived < quick_exit && !t->worker_did_work ? t->quick_failures + 1 : 0;
   const bool fatal = WIFEXITED(status) && WEXITSTATUS(status) == worker_exit_fatal;
   if (fatal || t->quick_failures > max_quick_failures) {
     spdlog::error("{}: worker keeps failing; closing the tunnel", t->domain);
@@ -924,6 +958,9 @@ void supervisor::finish_tunnel(const tunnel_ptr& t) {
   free_slots_.push_back(t->slot);
   t->leases.clear();  // the token's and the address's share come back now
   tunnels_.erase(t->id);
+  if (auto route = by_route_.find(route_index(t->route_tag));
+      route != by_route_.end() && route->second == t)
+    by_route_.erase(route);
   spdlog::info("{}: released (port {}, slot {})", t->domain, t->port, t->slot);
   if (stopping_ && tunnels_.empty()) io_.stop();
 }

@@ -45,6 +45,7 @@ struct tunnel {
 
   std::uint64_t id = 0;
   shared::protocol::secret_bytes secret{};
+  shared::protocol::route_tag_bytes route_tag{};  // TLS servers: what DATA_ROUTE must carry
   std::string domain;
   std::uint16_t port = 0;
   shared::protocol::tunnel_kind kind = shared::protocol::tunnel_kind::http;
@@ -68,8 +69,10 @@ struct tunnel {
   };
   std::deque<pending_data> waiting_data;  // arrived while no worker was ready
   std::uint32_t restarts = 0;
-  std::uint32_t quick_failures = 0;  // consecutive exits soon after start (for back-off)
+  // Consecutive exits soon after start before doing any work (for back-off and giving up).
+  std::uint32_t quick_failures = 0;
   std::chrono::steady_clock::time_point worker_started;
+  bool worker_did_work = false;  // the current worker has reported a data connection
   std::uint16_t data_connections = 0;
   bool reopen_pending = false;  // tell the client to re-open data connections once the worker is up
   std::vector<usage_counter::lease> leases;  // its share of the per-token and per-address limits
@@ -122,6 +125,7 @@ class supervisor {
   // True if `id` names a live tunnel and `secret` is its secret (compared in constant time).
   bool proves_tunnel(std::uint64_t id, const shared::protocol::secret_bytes& secret) const;
   tunnel_ptr find_by_id(std::uint64_t id) const;
+  tunnel_ptr find_by_route_tag(const shared::protocol::route_tag_bytes&) const;
   std::string label_of(const std::string& domain) const;  // "brave-otter-42" of its domain
   void attach_control(const tunnel_ptr&, shared::net::transport);
   void start_spawner();
@@ -157,6 +161,9 @@ class supervisor {
   std::unique_ptr<boost::asio::ssl::context> tls_;  // control connections' certificate; or none
   std::map<std::uint64_t, tunnel_ptr> tunnels_;     // by tunnel id
   std::map<pid_t, tunnel_ptr> by_worker_pid_;
+  // TLS servers: by the first 8 bytes of the route tag; the whole tag is then compared in
+  // constant time, so timing tells nothing beyond those bytes, which alone route nothing.
+  std::map<std::uint64_t, tunnel_ptr> by_route_;
   std::vector<std::uint32_t> free_slots_;
   boost::asio::signal_set child_signals_;
   boost::asio::signal_set stop_signals_;

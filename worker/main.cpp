@@ -5,6 +5,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #if CULVERT_WITH_TLS
 #include <openssl/ssl.h>
@@ -19,6 +20,7 @@
 #include <string_view>
 
 #include "shared/log/log.hpp"
+#include "shared/util/descriptor_limit.hpp"
 #include "worker/sandbox.hpp"
 #include "worker/worker.hpp"
 
@@ -101,6 +103,23 @@ int check_sandbox() {
   return 1;
 }
 
+// The supervisor raised the limit and capped max_visitors before starting us; a worker started
+// under a lower limit (by hand, or a wrapper) still keeps room for its data connections.
+void fit_descriptor_limit(w::worker_options& options) {
+  namespace util = culvert::shared::util;
+  const auto limit = util::raise_descriptor_limit();
+  if (limit.error)
+    spdlog::warn("raising the descriptor limit (RLIMIT_NOFILE) to its hard limit: {}",
+                 std::strerror(limit.error));
+  const auto fit = std::max<std::uint64_t>(1, util::visitors_that_fit(limit.now));
+  if (options.max_visitors > fit) {
+    spdlog::warn("max_visitors {} capped to {}: the descriptor limit is {}", options.max_visitors,
+                 fit, limit.now);
+    options.max_visitors = fit;
+    options.mux.max_streams = fit;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,6 +136,7 @@ int main(int argc, char** argv) {
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
   std::signal(SIGPIPE, SIG_IGN);
   culvert::shared::log::init("worker " + options.domain, options.log_level);
+  fit_descriptor_limit(options);
   try {
     boost::asio::io_context io(1);
     w::worker worker(io, options);

@@ -28,6 +28,8 @@ using shared::net::spawn;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
+constexpr unsigned max_logged_channel_skips = 10;  // a flood must not flood the log too
+
 tcp protocol_of(int fd) {
   sockaddr_storage address{};
   socklen_t length = sizeof(address);
@@ -63,9 +65,22 @@ void worker::start() {
 }
 
 asio::awaitable<void> worker::channel_loop() {
+  unsigned skipped = 0;
   for (;;) {
     auto received = co_await shared::ipc::receive_message(channel_);
     if (auto* ec = std::get_if<boost::system::error_code>(&received)) {
+      if (*ec == asio::error::invalid_argument) {
+        // A malformed message, consumed whole. Most likely a handed-over data connection whose
+        // descriptor the kernel could not install (MSG_CTRUNC: we are out of descriptors, say
+        // under a visitor flood); the client dials again. Skip it, as the supervisor does:
+        // exiting would hand that flood the tunnel.
+        if (++skipped <= max_logged_channel_skips)
+          spdlog::warn(
+              "malformed message on the supervisor channel skipped (a data connection lost in "
+              "transit if descriptors ran out){}",
+              skipped == max_logged_channel_skips ? "; further ones are not logged" : "");
+        continue;
+      }
       // The supervisor is gone (or broke the channel): nobody can manage this tunnel any more.
       spdlog::warn("supervisor channel closed ({}); exiting", ec->message());
       io_.stop();

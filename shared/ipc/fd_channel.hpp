@@ -37,8 +37,10 @@ boost::asio::awaitable<boost::system::error_code> send_message(channel_socket&,
                                                                std::string_view payload,
                                                                int fd = -1);
 
-// Returns the message, or an error (eof when the peer closed; protocol_error-like codes for
-// malformed messages).
+// Returns the message, or an error: invalid_argument for a malformed message, consumed whole
+// with its descriptors closed (MSG_CTRUNC, when this process has no descriptor free for the one
+// sent, is one), after which the next message can be read; eof when the peer closed; anything
+// else is the channel's end.
 boost::asio::awaitable<std::variant<channel_message, boost::system::error_code>> receive_message(
     channel_socket&);
 

@@ -32,7 +32,7 @@ std::optional<type_rules> rules_for(std::uint8_t type) {
     case frame_type::reopen:
       return type_rules{0, false, 0, 0};
     case frame_type::data_route:
-      return type_rules{0, false, 10, 10};
+      return type_rules{0, false, 34, 34};
     case frame_type::open:
       return type_rules{0, true, {}, 128};
     case frame_type::data:

@@ -14,8 +14,9 @@
 
 namespace culvert::shared::protocol {
 
-// 2: DATA frames up to 1 MiB (version 1 allowed 256 KiB); a version 1 peer is refused by name.
-inline constexpr std::uint16_t protocol_version = 2;
+// 2: DATA frames up to 1 MiB (version 1 allowed 256 KiB). 3: DATA_ROUTE carries a route tag
+// derived from the secret instead of the tunnel id. An older peer is refused by name.
+inline constexpr std::uint16_t protocol_version = 3;
 inline constexpr std::size_t header_size = 10;
 inline constexpr std::size_t max_data_payload = 1024 * 1024;  // DATA frames
 inline constexpr std::size_t max_control_payload = 2 * 1024;  // every other frame

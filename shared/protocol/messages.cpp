@@ -222,14 +222,14 @@ std::string_view to_string(error_code c) {
 encoded_frame encode(const data_route_message& m) {
   writer w(frame_type::data_route);
   w.u16(m.version);
-  w.u64(m.tunnel_id);
+  w.raw(m.route_tag);
   return w.finish();
 }
 
 std::optional<data_route_message> decode_data_route(std::span<const std::uint8_t> in) {
   reader r(in);
   data_route_message m;
-  if (!r.u16(m.version) || !r.u64(m.tunnel_id) || !r.at_end()) return std::nullopt;
+  if (!r.u16(m.version) || !r.raw(m.route_tag) || !r.at_end()) return std::nullopt;
   return m;
 }
 

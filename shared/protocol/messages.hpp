@@ -16,6 +16,10 @@ namespace culvert::shared::protocol {
 
 inline constexpr std::size_t secret_size = 32;
 using secret_bytes = std::array<std::uint8_t, secret_size>;
+// HMAC-SHA256(secret, "culvert data route tag v1") (shared/tls): names a tunnel on a TLS server's
+// data connection without revealing its id, its secret or its data key.
+inline constexpr std::size_t route_tag_size = 32;
+using route_tag_bytes = std::array<std::uint8_t, route_tag_size>;
 
 enum class tunnel_kind : std::uint8_t { http = 1, tcp = 2 };
 
@@ -70,12 +74,13 @@ struct data_init_message {
   secret_bytes secret{};
 };
 
-// First frame of a data connection to a TLS server, sent in clear: it names the tunnel so the
-// supervisor can hand the connection to that tunnel's worker, which then runs the TLS handshake
-// keyed by the tunnel's secret (the secret itself never crosses the wire).
+// First frame of a data connection to a TLS server, sent in clear: its route tag lets the
+// supervisor hand the connection to that tunnel's worker, which then runs the TLS handshake
+// keyed by the tunnel's secret (the secret itself never crosses the wire). Only who holds the
+// secret can compute the tag, so a tunnel id alone routes nothing.
 struct data_route_message {
   std::uint16_t version = protocol_version;
-  std::uint64_t tunnel_id = 0;
+  route_tag_bytes route_tag{};
 };
 
 // A frame ready to write: header and payload in one buffer.

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <stdexcept>
+#include <string_view>
 
 #include "shared/util/random.hpp"
 
@@ -18,6 +19,7 @@ namespace ssl = boost::asio::ssl;
 namespace {
 
 constexpr char psk_label[] = "culvert data connection key v1";
+constexpr char route_tag_label[] = "culvert data route tag v1";
 // TLS_AES_128_GCM_SHA256: every TLS 1.3 implementation has it; the PSK is bound to its hash.
 constexpr unsigned char psk_cipher_id[2] = {0x13, 0x01};
 
@@ -95,15 +97,26 @@ int use_session(SSL* ssl, const EVP_MD* md, const unsigned char** id, std::size_
 
 }  // namespace
 
-psk_bytes derive_data_psk(const protocol::secret_bytes& secret) {
-  psk_bytes out{};
+namespace {
+// HMAC-SHA256(secret, label): one secret, independent values for independent roles.
+std::array<std::uint8_t, 32> derive(const protocol::secret_bytes& secret, std::string_view label) {
+  std::array<std::uint8_t, 32> out{};
   unsigned int length = 0;
   if (!HMAC(EVP_sha256(), secret.data(), int(secret.size()),
-            reinterpret_cast<const unsigned char*>(psk_label), sizeof(psk_label) - 1, out.data(),
+            reinterpret_cast<const unsigned char*>(label.data()), label.size(), out.data(),
             &length) ||
       length != out.size())
     throw std::runtime_error("HMAC-SHA256 failed: " + openssl_reason());
   return out;
+}
+}  // namespace
+
+psk_bytes derive_data_psk(const protocol::secret_bytes& secret) {
+  return derive(secret, psk_label);
+}
+
+protocol::route_tag_bytes derive_route_tag(const protocol::secret_bytes& secret) {
+  return derive(secret, route_tag_label);
 }
 
 std::string psk_identity(std::uint64_t tunnel_id) {

@@ -26,6 +26,9 @@ using psk_bytes = std::array<std::uint8_t, 32>;
 // The data connections' key for one tunnel: HMAC-SHA256(secret, label), so the same secret is
 // never used directly in two roles (reclaim and data-channel key).
 psk_bytes derive_data_psk(const protocol::secret_bytes& secret);
+// The tag a TLS data connection's DATA_ROUTE carries: HMAC-SHA256(secret, another label), so it
+// names the tunnel to the supervisor and tells nothing about the secret or the data key.
+protocol::route_tag_bytes derive_route_tag(const protocol::secret_bytes& secret);
 // The PSK identity a client presents: the tunnel id, as 16 hex digits.
 std::string psk_identity(std::uint64_t tunnel_id);
 

@@ -57,7 +57,7 @@ def _usable_bin(directory):
 
 BIN = _usable_bin(os.path.abspath(BIN))
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTOCOL_VERSION = 2  # the wire protocol these programs speak (docs/protocol.md)
+PROTOCOL_VERSION = 3  # the wire protocol these programs speak (docs/protocol.md)
 CRASH = re.compile(r"ERROR: (?:Address|Leak|Thread)Sanitizer.*|runtime error: .*|"
                    r"killed by SIG(?:SEGV|ABRT|BUS|FPE|ILL).*")
 

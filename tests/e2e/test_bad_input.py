@@ -73,6 +73,9 @@ def main():
         old_init = struct.pack(">HBBB", 1, 2, 0, 0) + b"\0"  # version 1, tcp, no token/name/reclaim
         expect_error(port, header(len(old_init), 1) + old_init, version_mismatch,
                      what="INIT of protocol version 1")
+        v2_init = struct.pack(">HBBB", 2, 2, 0, 0) + b"\0"  # version 2 routed TLS data by tunnel id
+        expect_error(port, header(len(v2_init), 1) + v2_init, version_mismatch,
+                     what="INIT of protocol version 2")
         expect_error(port, b"", handshake_timeout, within=HANDSHAKE_TIMEOUT + 3, what="silence")
         expect_error(port, header(40, 1)[:6], handshake_timeout, within=HANDSHAKE_TIMEOUT + 3,
                      what="stalled header")

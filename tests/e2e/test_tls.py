@@ -3,6 +3,10 @@ CA carries data byte for byte; one without it, one facing a certificate for anot
 clear-text client are all refused with a clear message; --insecure works but warns. Data
 connections cannot be joined without the tunnel's key, and a clear-text DATA_INIT is refused."""
 
+import glob
+import hashlib
+import hmac
+import json
 import os
 import socket
 import ssl
@@ -10,6 +14,16 @@ import struct
 
 from harness import (BIN, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
                      make_certificates, recv_all, run_test, wait_until)
+
+
+def saved_tunnel(env):
+    """The client's tunnel id and DATA_ROUTE tag (from the secret), read from its state file."""
+    paths = glob.glob(os.path.join(env.state_dir, "**", "tunnel-*.json"), recursive=True)
+    assert len(paths) == 1, paths
+    with open(paths[0]) as f:
+        saved = json.load(f)
+    secret = bytes.fromhex(saved["secret"])
+    return saved["tunnel_id"], hmac.new(secret, b"culvert data route tag v1", hashlib.sha256).digest()
 
 
 def refused(env, sup, *args, name):
@@ -54,12 +68,12 @@ def main():
         assert code == 2 and "certificate does not check out" in err and "mismatch" in err, err
         print("wrong name:", err.strip().splitlines()[-1])
 
-        # Joining the tunnel's data connections without its key: route in clear, then a TLS
-        # handshake that cannot offer the key. The worker drops it; the tunnel carries on.
-        tunnel = sup.tunnel(client)
+        # Joining the tunnel's data connections without its key: route in clear with the right
+        # tag (as anyone watching the network sees it), then a TLS handshake that cannot offer
+        # the key. The worker drops it; the tunnel carries on.
+        tunnel_id, tag = saved_tunnel(env)
         raw = connect(sup.control_port)
-        raw.sendall(struct.pack(">IBBI", 10, 9, 0, 0)
-                    + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]))
+        raw.sendall(struct.pack(">IBBI", 34, 9, 0, 0) + struct.pack(">H", PROTOCOL_VERSION) + tag)
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -72,7 +86,7 @@ def main():
         # A clear-text DATA_INIT (with any secret) is refused on a TLS server.
         s = connect(sup.control_port)
         s.sendall(struct.pack(">IBBI", 42, 6, 0, 0)
-                  + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]) + bytes(32))
+                  + struct.pack(">HQ", PROTOCOL_VERSION, tunnel_id) + bytes(32))
         reply = recv_all(s)
         assert reply[4] == 4 and b"requires TLS" in reply, reply
         s = connect(client.port)

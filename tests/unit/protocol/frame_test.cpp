@@ -50,7 +50,7 @@ TEST_CASE("frame headers round-trip for every type", "[frame]") {
       {frame_type::data_init, 42, 0, 0},
       {frame_type::data_ready, 0, 0, 0},
       {frame_type::reopen, 0, 0, 0},
-      {frame_type::data_route, 10, 0, 0},
+      {frame_type::data_route, 34, 0, 0},
       {frame_type::open, 20, 0, 7},
       {frame_type::data, 65536, proto::flags::fin, 0xFFFFFFFF},
       {frame_type::data, 1048576, 0, 3},  // max_data_payload, the wire limit in protocol.md

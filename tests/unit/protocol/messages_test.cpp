@@ -169,13 +169,13 @@ TEST_CASE("empty frames carry only a header", "[messages]") {
 
 TEST_CASE("DATA_ROUTE round-trips and rejects malformed payloads", "[messages]") {
   proto::data_route_message m;
-  m.tunnel_id = 0x0123456789ABCDEFULL;
+  for (std::size_t i = 0; i < m.route_tag.size(); ++i) m.route_tag[i] = std::uint8_t(0xA0 + i);
   auto frame = proto::encode(m);
-  CHECK(frame.size() == proto::header_size + 10);
+  CHECK(frame.size() == proto::header_size + 2 + proto::route_tag_size);
   auto payload = payload_of(frame, proto::frame_type::data_route);
   auto back = proto::decode_data_route(payload);
   REQUIRE(back);
   CHECK(back->version == proto::protocol_version);
-  CHECK(back->tunnel_id == m.tunnel_id);
+  CHECK(back->route_tag == m.route_tag);
   check_truncations_rejected(payload, proto::decode_data_route);
 }
