@@ -56,10 +56,10 @@ def main():
 
         # Joining the tunnel's data connections without its key: route in clear, then a TLS
         # handshake that cannot offer the key. The worker drops it; the tunnel carries on.
-        tunnel = sup.tunnel(client)
+        tunnel_id = env.saved_tunnel(client)["tunnel_id"]
         raw = connect(sup.control_port)
         raw.sendall(struct.pack(">IBBI", 10, 9, 0, 0)
-                    + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]))
+                    + struct.pack(">HQ", PROTOCOL_VERSION, tunnel_id))
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -72,7 +72,7 @@ def main():
         # A clear-text DATA_INIT (with any secret) is refused on a TLS server.
         s = connect(sup.control_port)
         s.sendall(struct.pack(">IBBI", 42, 6, 0, 0)
-                  + struct.pack(">HQ", PROTOCOL_VERSION, tunnel["tunnel_id"]) + bytes(32))
+                  + struct.pack(">HQ", PROTOCOL_VERSION, tunnel_id) + bytes(32))
         reply = recv_all(s)
         assert reply[4] == 4 and b"requires TLS" in reply, reply
         s = connect(client.port)
