@@ -56,7 +56,7 @@ def main():
 
         # Joining the tunnel's data connections without its key: route in clear, then a TLS
         # handshake that cannot offer the key. The worker drops it; the tunnel carries on.
-        tunnel_id = env.saved_tunnel(client)["tunnel_id"]
+        tunnel_id = env.saved_tunnel(sup.tunnel(client)["domain"])["tunnel_id"]
         raw = connect(sup.control_port)
         raw.sendall(struct.pack(">IBBI", 10, 9, 0, 0)
                     + struct.pack(">HQ", PROTOCOL_VERSION, tunnel_id))
