@@ -131,8 +131,10 @@ void supervisor::start() {
                                "' (--user) has uid 0; workers read internet traffic and must run "
                                "unprivileged");
   }
-  table_ = std::make_unique<ipc::tunnel_table_owner>(config_.instance, config_.max_tunnels,
-                                                     config_.base_domain);
+  // A segment left by an earlier run was handed to the worker account: that owner is ours too.
+  table_ = std::make_unique<ipc::tunnel_table_owner>(
+      config_.instance, config_.max_tunnels, config_.base_domain,
+      worker_account_ ? std::optional<uid_t>(worker_account_->uid) : std::nullopt);
   // Workers (and we, after the drop) map it read-write and we unlink it at exit as that account.
   if (worker_account_) table_->grant_to(worker_account_->uid, worker_account_->gid);
   for (std::uint32_t slot = config_.max_tunnels; slot > 0; --slot) free_slots_.push_back(slot - 1);
@@ -988,7 +990,6 @@ void supervisor::publish(const tunnel& t) {
   ipc::slot_identity identity;
   identity.state = t.state;
   identity.kind = table_kind(t.kind);
-  identity.tunnel_id = t.id;
   identity.worker_pid = t.worker_pid;
   identity.created_unix_ms = t.created_unix_ms;
   identity.public_port = t.port;

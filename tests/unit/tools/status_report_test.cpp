@@ -1,9 +1,14 @@
 // Unit tests for culvert-status's report: the SPLICED share and where it appears (table and JSON),
-// built from snapshots as the reader would return them.
+// built from snapshots as the reader would return them; what the JSON leaves out; and the whole
+// tool against a real segment that anyone could have written.
 #include "tools/status/status_report.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <sstream>
 #include <string>
 
 namespace {
@@ -48,4 +53,34 @@ TEST_CASE("the status table and JSON show how much of a tunnel's traffic was spl
   const auto json = culvert::tools::to_json(header, tunnels, 61'000, "default");
   CHECK(json["tunnels"][0]["bytes_spliced"] == 3 << 20);
   CHECK(json["tunnels"][0]["bytes_in"] == 3 << 20);
+}
+
+TEST_CASE("the status JSON carries no tunnel id", "[status]") {
+  // The segment is world-readable; an id names a tunnel to DATA_ROUTE and to INIT's reclaim.
+  ipc::table_header header;
+  header.slot_count = 8;
+  const auto json = culvert::tools::to_json(header, {active_tunnel(1, 2, 0)}, 61'000, "default");
+  REQUIRE(json["tunnels"].size() == 1);
+  CHECK_FALSE(json["tunnels"][0].contains("tunnel_id"));
+  CHECK(json["tunnels"][0]["domain"] == "brave-otter-42.localhost");
+}
+
+TEST_CASE("culvert-status refuses a table that group or others could have written", "[status]") {
+  const std::string instance = "test-status-mode-" + std::to_string(::getpid());
+  ipc::tunnel_table_owner owner(instance, 2, "example.com");
+  culvert::tools::status_options options;
+  options.instance = instance;
+  {
+    std::ostringstream out, err;
+    CHECK(culvert::tools::run_status(options, out, err) == 0);
+    CHECK(err.str().empty());
+  }
+  const auto path = ipc::segment_path(owner.name());
+  REQUIRE(::chmod(path.c_str(), 0666) == 0);
+  std::ostringstream out, err;
+  CHECK(culvert::tools::run_status(options, out, err) == 1);
+  CHECK(out.str().empty());
+  CHECK_THAT(err.str(), Catch::Contains("culvert-status: shared-memory segment " + path) &&
+                            Catch::Contains("mode 0666") &&
+                            Catch::Contains("writable by group or others"));
 }
