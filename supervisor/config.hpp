@@ -47,7 +47,7 @@ struct config {
   // Started as root, each worker runs as uid = gid = worker_uid_base + its slot, so tenants cannot
   // signal, trace or read each other; 0 = every worker as `user`. The default sits in the span
   // systemd's UIDS-GIDS.md leaves unassigned (1879048192-2147352575); checked free at start.
-  std::uint32_t worker_uid_base = 0;
+  std::uint32_t worker_uid_base = 1'900'000'000;
   std::string log_level = "info";  // trace debug info warn error
 
   friend bool operator==(const config&, const config&) = default;

@@ -715,7 +715,7 @@ void supervisor::start_worker(const tunnel_ptr& t) {
   ipc::channel_socket worker_end(io_);
   ipc::make_channel_pair(*channel, worker_end);
 
-  // fd 3: the channel, fd 4: the public listener (worker_options' defaults).
+  // fd 3: the channel, fd 4: the public listener, fd 5: the table (worker_options' defaults).
   const std::vector<std::string> arguments = {
       "--segment",
       table_->name(),
@@ -733,8 +733,12 @@ void supervisor::start_worker(const tunnel_ptr& t) {
       std::to_string(config_.max_visitors),
   };
   int error = 0;
-  const int descriptors[] = {worker_end.native_handle(), t->listener.native_handle()};
+  // The worker runs under a uid of its own, which may not open the table: it gets a descriptor,
+  // maps its own counters page from it and closes it.
+  const int table_fd = table_->duplicate_fd();
+  const int descriptors[] = {worker_end.native_handle(), t->listener.native_handle(), table_fd};
   const pid_t pid = spawner_->spawn(t->slot, arguments, descriptors, error);
+  ::close(table_fd);
   worker_end.close();
   if (!pid) {
     spdlog::error("{}: starting worker {} failed: {}", t->domain, worker_path_,

@@ -44,7 +44,7 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       std::fputs(
           "culvert-worker: serves one tunnel's public port; started by culvert-supervisor with\n"
           "  --segment NAME --slot N --domain NAME [--log-level L] [--max-visitors N]\n"
-          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD]\n",
+          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD] [--table-fd FD]\n",
           stdout);
       std::exit(w::exit_ok);
     }
@@ -72,6 +72,8 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       ok = parse_number(value, options.channel_fd);
     } else if (name == "--listener-fd") {
       ok = parse_number(value, options.listener_fd);
+    } else if (name == "--table-fd") {
+      ok = parse_number(value, options.table_fd);
     } else {
       std::fprintf(stderr, "culvert-worker: unknown option %s (see --help)\n", argv[i]);
       return false;

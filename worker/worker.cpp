@@ -7,6 +7,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <unistd.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -45,9 +47,12 @@ worker::worker(asio::io_context& io, worker_options options)
       options_(std::move(options)),
       channel_(io, shared::ipc::unix_seqpacket(), options_.channel_fd),
       listener_(io, protocol_of(options_.listener_fd), options_.listener_fd),
-      table_(options_.segment, options_.slot),
+      table_(options_.table_fd, options_.slot, options_.segment),
       sessions_changed_(io, asio::steady_timer::time_point::max()),
-      signals_(io, SIGTERM, SIGINT) {}
+      signals_(io, SIGTERM, SIGINT) {
+  // Its one page is mapped: the descriptor, which could map the rest of the table, goes now.
+  ::close(options_.table_fd);
+}
 
 void worker::start() {
   // Visitors a previous worker of this tunnel had open died with it.

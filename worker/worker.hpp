@@ -30,6 +30,7 @@ namespace culvert::worker {
 struct worker_options {
   int channel_fd = 3;   // SOCK_SEQPACKET to the supervisor
   int listener_fd = 4;  // the public listening socket, bound by the supervisor
+  int table_fd = 5;     // the shared table, read-write: the worker maps its own page, then closes it
   std::string segment;  // shared-memory table name
   std::uint32_t slot = 0;
   std::string domain;

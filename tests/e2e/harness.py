@@ -2,7 +2,9 @@
 conditions (never fixed sleeps), run small local services, and clean up every process started,
 also when a test fails. Each test file is one ctest test; CULVERT_BIN points at build/bin."""
 
+import glob
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -223,16 +225,22 @@ class Environment:
         match = p.wait_for_output(r"Forwarding ((?:http|tcp)://([^:\s]+):(\d+)) -> ")
         return Client(p, match.group(1), match.group(2), int(match.group(3)))
 
-    def saved_tunnel(self, domain):
-        """The state file entry (tunnel_id, secret, domain) a client saved for `domain`: where a
-        test that plays an attacker who knows a tunnel id gets one (the status table no longer
-        shows it)."""
-        for name in sorted(os.listdir(self.state_dir)):
-            if name.startswith("tunnel-") and name.endswith(".json"):
-                with open(os.path.join(self.state_dir, name)) as f:
-                    saved = json.load(f)
-                if saved.get("domain") == domain:
-                    return saved
+    def saved_tunnel(self, domain=None):
+        """The state file entry (tunnel_id, secret in hex, domain) a client saved for `domain`, or
+        the only one there is: where a test that plays an attacker who knows a tunnel's id or
+        secret gets them (the status table shows neither)."""
+        paths = sorted(glob.glob(os.path.join(self.state_dir, "**", "tunnel-*.json"),
+                                 recursive=True))
+        entries = []
+        for path in paths:
+            with open(path) as f:
+                entries.append(json.load(f))
+        if domain is None:
+            assert len(entries) == 1, paths
+            return entries[0]
+        for saved in entries:
+            if saved.get("domain") == domain:
+                return saved
         raise AssertionError(f"no state file in {self.state_dir} for {domain}")
 
     def service(self, handler_factory, port=0):
@@ -320,6 +328,11 @@ def answer_with_sha256(conn):
         digest.update(data)
     conn.sendall(f"{total} {digest.hexdigest()}".encode())
     conn.shutdown(socket.SHUT_WR)
+
+
+def route_tag(secret):
+    """DATA_ROUTE's tag for a tunnel's secret (docs/protocol.md, protocol version 3)."""
+    return hmac.new(secret, b"culvert data route tag v1", hashlib.sha256).digest()
 
 
 def pattern_bytes(seed, size):

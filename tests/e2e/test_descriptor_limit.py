@@ -6,8 +6,6 @@ refused), and data connections are added until the worker has no descriptor left
 one: the kernel hands it over truncated (MSG_CTRUNC). The worker logs and skips that message
 instead of exiting (same pid), and serves byte for byte once the load has gone."""
 
-import glob
-import json
 import os
 import socket
 import struct
@@ -44,10 +42,7 @@ def start_supervisor(env):
 
 def saved_tunnel(env):
     """The tunnel id and secret the client wrote to its state file."""
-    paths = glob.glob(os.path.join(env.state_dir, "**", "tunnel-*.json"), recursive=True)
-    assert len(paths) == 1, paths
-    with open(paths[0]) as f:
-        saved = json.load(f)
+    saved = env.saved_tunnel()
     return saved["tunnel_id"], bytes.fromhex(saved["secret"])
 
 

@@ -1,7 +1,7 @@
 """Privilege separation, checked from outside through /proc: started as root, the supervisor drops
 to `nobody` once bound, keeps no capability (or only CAP_NET_BIND_SERVICE when its public ports
-reach below 1024), and every worker runs as `nobody` with no_new_privs and no capability, also
-after a restart. The tunnel still carries bytes, and the dropped supervisor still removes its
+reach below 1024), and every worker runs as a uid and gid of its own (--worker-uid-base + slot)
+with no_new_privs and no capability, also after a restart. The tunnel still carries bytes, and the dropped supervisor still removes its
 shared-memory segment at exit. Skipped unless run as root."""
 
 import hashlib
@@ -16,6 +16,7 @@ from harness import (BIN, Environment, Supervisor, connect, echo_handler, patter
                      run_test, skip, wait_until)
 
 NET_BIND_SERVICE = 1 << 10
+WORKER_UID_BASE = 1900000000  # --worker-uid-base's default: a worker runs as base + its slot
 
 
 def proc_status(pid):
@@ -27,14 +28,16 @@ def proc_status(pid):
     return fields
 
 
-def check_process(what, pid, account, cap_eff):
+def check_process(what, pid, account, cap_eff, own_uid=None):
+    """`account`'s ids, or with `own_uid` a uid and gid of its own (a worker's)."""
+    uid, gid = (own_uid, own_uid) if own_uid is not None else (account.pw_uid, account.pw_gid)
     status = proc_status(pid)
     uids = [int(x) for x in status["Uid"].split()]  # real, effective, saved, filesystem
     gids = [int(x) for x in status["Gid"].split()]
-    assert uids == [account.pw_uid] * 4, f"{what} {pid}: uids {uids}, expected {account.pw_uid}"
-    assert gids == [account.pw_gid] * 4, f"{what} {pid}: gids {gids}, expected {account.pw_gid}"
+    assert uids == [uid] * 4, f"{what} {pid}: uids {uids}, expected {uid}"
+    assert gids == [gid] * 4, f"{what} {pid}: gids {gids}, expected {gid}"
     groups = [int(x) for x in status["Groups"].split()]
-    assert groups in ([], [account.pw_gid]), f"{what} {pid}: supplementary groups {groups}"
+    assert groups in ([], [gid]), f"{what} {pid}: supplementary groups {groups}"
     assert status["NoNewPrivs"] == "1", f"{what} {pid}: NoNewPrivs {status['NoNewPrivs']}"
     for caps in ("CapEff", "CapPrm"):
         assert int(status[caps], 16) == cap_eff, \
@@ -77,7 +80,9 @@ def check_tunnel(env, sup, account, cap_eff, echo):
         "the tunnel did not echo 1 MiB intact"
     check_process("supervisor", sup.process.pid, account, cap_eff)
     first = sup.tunnel(client)["worker_pid"]
-    check_process("worker", first, account, 0)
+    own_uid = int(proc_status(first)["Uid"].split()[0])
+    assert WORKER_UID_BASE <= own_uid < WORKER_UID_BASE + 1000, f"worker uid {own_uid}"
+    check_process("worker", first, account, 0, own_uid)
 
     # The dropped supervisor must still be able to kill, reap and restart its worker.
     os.kill(first, signal.SIGKILL)
@@ -89,7 +94,7 @@ def check_tunnel(env, sup, account, cap_eff, echo):
     second = wait_until(restarted, 10, "a restarted worker")
     wait_until(lambda: echo_hash(client.port, b"again") == hashlib.sha256(b"again").hexdigest(),
                10, "the tunnel working after the restart")
-    check_process("restarted worker", second, account, 0)
+    check_process("restarted worker", second, account, 0, own_uid)  # same slot, same uid
     return client
 
 

@@ -3,27 +3,19 @@ CA carries data byte for byte; one without it, one facing a certificate for anot
 clear-text client are all refused with a clear message; --insecure works but warns. Data
 connections cannot be joined without the tunnel's key, and a clear-text DATA_INIT is refused."""
 
-import glob
-import hashlib
-import hmac
-import json
 import os
 import socket
 import ssl
 import struct
 
-from harness import (BIN, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
+from harness import (route_tag, BIN, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
                      make_certificates, recv_all, run_test, wait_until)
 
 
 def saved_tunnel(env):
     """The client's tunnel id and DATA_ROUTE tag (from the secret), read from its state file."""
-    paths = glob.glob(os.path.join(env.state_dir, "**", "tunnel-*.json"), recursive=True)
-    assert len(paths) == 1, paths
-    with open(paths[0]) as f:
-        saved = json.load(f)
-    secret = bytes.fromhex(saved["secret"])
-    return saved["tunnel_id"], hmac.new(secret, b"culvert data route tag v1", hashlib.sha256).digest()
+    saved = env.saved_tunnel()
+    return saved["tunnel_id"], route_tag(bytes.fromhex(saved["secret"]))
 
 
 def refused(env, sup, *args, name):

@@ -4,26 +4,18 @@ the old form (the tunnel id) or with a wrong tag gets ERROR from the supervisor 
 reaches the worker or takes one of its 32 TLS handshake slots; the right tag reaches the worker,
 and the client, which routes by the tag, carries bytes throughout."""
 
-import glob
-import hashlib
-import hmac
-import json
 import os
 import struct
 
-from harness import (PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
+from harness import (route_tag, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
                      make_certificates, run_test, wait_until)
 
-ROUTE_TAG_LABEL = b"culvert data route tag v1"
 ATTEMPTS = 40  # more than the worker's 32 TLS handshake slots
 
 
 def saved_tunnel(env):
     """The client's tunnel id and secret, from its state file."""
-    paths = glob.glob(os.path.join(env.state_dir, "**", "tunnel-*.json"), recursive=True)
-    assert len(paths) == 1, paths
-    with open(paths[0]) as f:
-        saved = json.load(f)
+    saved = env.saved_tunnel()
     return saved["tunnel_id"], bytes.fromhex(saved["secret"])
 
 
@@ -53,7 +45,7 @@ def main():
         client = env.client(sup, "tcp", f"127.0.0.1:{echo.port}", "--ca", files["ca"] + ".pem")
         assert_echoed(client.port, 1 << 20)
         tunnel_id, secret = saved_tunnel(env)
-        tag = hmac.new(secret, ROUTE_TAG_LABEL, hashlib.sha256).digest()
+        tag = route_tag(secret)
 
         # The old form (version and tunnel id) and wrong tags: each refused by the supervisor at
         # once with ERROR, so none is handed to the worker (where it would wait in a TLS
