@@ -44,7 +44,8 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       std::fputs(
           "culvert-worker: serves one tunnel's public port; started by culvert-supervisor with\n"
           "  --segment NAME --slot N --domain NAME [--log-level L] [--max-visitors N]\n"
-          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD] [--table-fd FD]\n",
+          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD] "
+          "[--table-fd FD]\n",
           stdout);
       std::exit(w::exit_ok);
     }
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
     if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_CONFIG, nullptr) != 1)
       throw std::runtime_error("OPENSSL_init_ssl failed");
 #endif
-    if (w::enter_sandbox())
+    if (w::enter_sandbox(worker.table_page()))
       spdlog::debug("sandbox: seccomp allow-list installed");
     else
       spdlog::info("sandbox: no seccomp allow-list in a sanitizer build");

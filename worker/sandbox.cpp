@@ -25,7 +25,7 @@ int make_undumpable() noexcept {
 }
 
 #if CULVERT_SANITIZED
-bool enter_sandbox() {
+bool enter_sandbox(const void*) {
   return false;
 }
 #else
@@ -41,7 +41,7 @@ constexpr int plain_calls[] = {
     SCMP_SYS(setsockopt), SCMP_SYS(getsockopt), SCMP_SYS(getpeername), SCMP_SYS(getsockname),
     SCMP_SYS(fcntl), SCMP_SYS(splice), SCMP_SYS(pipe2), SCMP_SYS(poll), SCMP_SYS(ppoll),
     // memory (mmap and mprotect are below: never executable)
-    SCMP_SYS(brk), SCMP_SYS(munmap), SCMP_SYS(mremap), SCMP_SYS(madvise),
+    SCMP_SYS(brk), SCMP_SYS(munmap), SCMP_SYS(madvise),
     // time, identity of itself, randomness (OpenSSL), futexes (libstdc++'s once and atomics)
     SCMP_SYS(clock_gettime), SCMP_SYS(clock_getres), SCMP_SYS(gettimeofday),
     SCMP_SYS(clock_nanosleep), SCMP_SYS(nanosleep), SCMP_SYS(sched_yield), SCMP_SYS(getpid),
@@ -57,7 +57,7 @@ void check(int result, const char* call) {
 
 }  // namespace
 
-bool enter_sandbox() {
+bool enter_sandbox(const void* fixed_page) {
   scmp_filter_ctx filter = ::seccomp_init(SCMP_ACT_KILL_PROCESS);
   if (!filter) throw std::runtime_error("seccomp_init failed");
   try {
@@ -74,6 +74,10 @@ bool enter_sandbox() {
       check(::seccomp_rule_add(filter, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
                                SCMP_A1(SCMP_CMP_EQ, request)),
             "seccomp_rule_add(ioctl)");
+    // realloc moves large blocks with mremap; the table page must stay one page.
+    check(::seccomp_rule_add(filter, SCMP_ACT_ALLOW, SCMP_SYS(mremap), 1,
+                             SCMP_A0(SCMP_CMP_NE, scmp_datum_t(fixed_page))),
+          "seccomp_rule_add(mremap)");
     // glibc's fstat is newfstatat(fd, "", AT_EMPTY_PATH): a descriptor, never a path.
     check(::seccomp_rule_add(filter, SCMP_ACT_ALLOW, SCMP_SYS(newfstatat), 1,
                              SCMP_A3(SCMP_CMP_EQ, AT_EMPTY_PATH)),

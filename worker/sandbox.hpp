@@ -14,6 +14,8 @@ int make_undumpable() noexcept;
 // needs is open (the table mapped, the time zone read, OpenSSL's configuration loaded). Returns
 // false without installing anything in sanitizer builds (their runtimes trace the process at
 // exit to look for leaks). Throws std::runtime_error naming the libseccomp call that failed.
-bool enter_sandbox();
+// `fixed_page` is the worker's table page: mremap of it is refused, since growing that mapping
+// would map the next slots' pages of the segment.
+bool enter_sandbox(const void* fixed_page = nullptr);
 
 }  // namespace culvert::worker

@@ -6,7 +6,6 @@
 #endif
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
-
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -52,6 +51,12 @@ worker::worker(asio::io_context& io, worker_options options)
       signals_(io, SIGTERM, SIGINT) {
   // Its one page is mapped: the descriptor, which could map the rest of the table, goes now.
   ::close(options_.table_fd);
+}
+
+const void* worker::table_page() {
+  const auto page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+  return reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(&table_.counters()) &
+                                       ~(page - 1));
 }
 
 void worker::start() {

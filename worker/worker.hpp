@@ -30,7 +30,7 @@ namespace culvert::worker {
 struct worker_options {
   int channel_fd = 3;   // SOCK_SEQPACKET to the supervisor
   int listener_fd = 4;  // the public listening socket, bound by the supervisor
-  int table_fd = 5;     // the shared table, read-write: the worker maps its own page, then closes it
+  int table_fd = 5;  // the shared table, read-write: the worker maps its own page, then closes it
   std::string segment;  // shared-memory table name
   std::uint32_t slot = 0;
   std::string domain;
@@ -53,6 +53,8 @@ class worker {
  public:
   worker(boost::asio::io_context&, worker_options);
   void start();
+  // The start of the one page of the shared table this worker maps (see sandbox.hpp).
+  const void* table_page();
 
  private:
   boost::asio::awaitable<void> channel_loop();
