@@ -41,6 +41,12 @@ struct config {
   std::string user = "nobody";         // account for workers and the dropped supervisor (if root)
   std::string log_level = "info";      // trace debug info warn error
 
+  // What visitors can make a worker hold (security.md 5): visitors per IPv4 address or IPv6 /64
+  // per tunnel, seconds a stream may move no byte either way, relay buffers of all its streams.
+  std::uint32_t max_visitors_per_source = 256;
+  std::chrono::seconds stream_idle_timeout{600};
+  std::uint32_t buffer_budget_mb = 128;
+
   friend bool operator==(const config&, const config&) = default;
 };
 
@@ -57,6 +63,8 @@ inline constexpr std::size_t max_token_bytes = 255;
 inline constexpr std::size_t max_instance_chars = 32;
 inline constexpr std::int64_t max_auth_failure_delay_ms = 60'000;
 inline constexpr std::size_t max_user_chars = 32;  // useradd's limit
+
+inline constexpr std::uint32_t max_buffer_budget_mb = 1 << 20;  // a TiB: far past any host
 }  // namespace limits
 
 class config_error : public std::runtime_error {

@@ -616,6 +616,12 @@ void supervisor::start_worker(const tunnel_ptr& t) {
       std::to_string(config_.heartbeat_timeout.count() * 1000),
       "--max-visitors",
       std::to_string(config_.max_visitors),
+      "--max-visitors-per-source",
+      std::to_string(config_.max_visitors_per_source),
+      "--stream-idle-timeout-ms",
+      std::to_string(config_.stream_idle_timeout.count() * 1000),
+      "--buffer-budget-mb",
+      std::to_string(config_.buffer_budget_mb),
   };
   spawn_request.channel_fd = worker_end.native_handle();
   spawn_request.listener_fd = t->listener.native_handle();
