@@ -226,6 +226,7 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
   boost::system::error_code idle_end;
   std::chrono::milliseconds idle_lived{};
   bool busy_alive = false;
+  bool idle_reset_first = false;  // the idle stream ended while the sessions were still open
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
@@ -253,6 +254,7 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
           co_await pace.async_wait(use_tuple);
         }
         busy_alive = true;
+        idle_reset_first = idle_lived.count() > 0;
         server->close("test over");
         client->close("test over");
       },
@@ -262,6 +264,7 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
   CHECK(idle_lived >= 200ms);
   CHECK(idle_lived < 1000ms);
   CHECK(busy_alive);
+  CHECK(idle_reset_first);
 }
 
 namespace {
