@@ -78,7 +78,7 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       return false;
     }
     if (!ok) {
-      std::fprintf(stderr, "culvert-worker: %s: not a number in range: %s\n", argv[i], argv[i + 1]);
+      std::fprintf(stderr, "culvert-worker: %s: not a number: %s\n", argv[i], argv[i + 1]);
       return false;
     }
   }
