@@ -73,6 +73,7 @@ client::client(asio::io_context& io, client_options options, std::ostream& out)
   server_host_ = where ? where->host : options_.server;
   server_port_ = where ? where->port : 0;
   reopen_.expires_at(asio::steady_timer::time_point::max());
+  pool_.set_budget(options_.buffer_budget_mb * 1024 * 1024);
   if (options_.tls) {
     control_tls_ = shared::tls::make_client_context({options_.ca_file, options_.insecure});
     data_tls_ = shared::tls::make_psk_client_context();
@@ -340,9 +341,12 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
       spdlog::info("data connection {} closed: {}", index, reason);
       closed.cancel();
     };
+    shared::net::mux_settings settings;
+    settings.stream_idle_timeout = options_.stream_idle_timeout;
+    settings.max_dials = options_.max_dials;
     auto session = std::make_shared<shared::net::mux_session>(
-        std::move(*stream), shared::net::mux_session::role::client, shared::net::mux_settings{},
-        std::move(hooks), pool_);
+        std::move(*stream), shared::net::mux_session::role::client, settings, std::move(hooks),
+        pool_);
     sessions_.push_back(session);
     session->start();
     spdlog::debug("data connection {} ready", index);
@@ -438,6 +442,11 @@ asio::awaitable<std::optional<tcp::socket>> client::dial_local() {
       ::setsockopt(socket->native_handle(), IPPROTO_TCP, TCP_SYNCNT, &syn_retries,
                    sizeof(syn_retries));
     if (!ec) ec = co_await connect_now_or_wait(*socket, local);
+    if (ec == asio::error::operation_aborted) {
+      // The multiplexer cancelled the dial: the visitor reset its stream meanwhile.
+      spdlog::debug("connecting to {}: cancelled, the visitor is gone", options_.local_address());
+      co_return std::nullopt;
+    }
     if (ec) {
       spdlog::debug("connecting to {}: {}", options_.local_address(), ec.message());
       socket.reset();

@@ -43,6 +43,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
   std::string token_path;
   bool no_state = false;
   bool tls_on = false, tls_off = false;
+  std::int64_t idle_seconds = options.stream_idle_timeout.count();
 
   CLI::App app{
       "culvert: expose a local service through a culvert server.\n"
@@ -81,6 +82,18 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
     sub->add_flag("--insecure", options.insecure,
                   "do not verify the server's certificate (self-signed development servers "
                   "only: anyone on the path could read and change the traffic); implies --tls");
+    sub->add_option("--stream-idle-timeout", idle_seconds,
+                    "reset a visitor's stream after this many seconds with no byte either way "
+                    "(default 600; 0 = never)")
+        ->check(CLI::Range(0, 31'536'000));
+    sub->add_option("--buffer-budget-mb", options.buffer_budget_mb,
+                    "relay buffers of all streams together; past it, new visitors are refused "
+                    "and busy streams slow down (default 128)")
+        ->check(CLI::Range(1, 1 << 20));
+    sub->add_option("--max-dials", options.max_dials,
+                    "connections to the local service being opened at once, per data "
+                    "connection; visitors beyond them are reset (default 256)")
+        ->check(CLI::Range(1, 1 << 20));
     sub->add_option("--log-level", options.log_level,
                     "diagnostics on stderr: trace debug info warn error (default info)");
   };
@@ -146,6 +159,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
       return result;
     }
   if (no_state) options.state_dir.clear();
+  options.stream_idle_timeout = std::chrono::seconds(idle_seconds);
   const auto server = shared::net::parse_host_port(options.server);
   if (tls_off && (options.insecure || !options.ca_file.empty())) {
     result.exit_code = exit_usage;

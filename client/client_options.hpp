@@ -34,6 +34,10 @@ struct client_options {
   bool clear_needs_loopback = false;
   std::string ca_file;    // trust this CA instead of the system store
   bool insecure = false;  // do not verify the server's certificate (development only)
+  // Limits on what visitors can make this process hold (docs/security.md, Limits and timeouts).
+  std::chrono::seconds stream_idle_timeout{600};  // no byte either way: the stream is reset
+  std::size_t buffer_budget_mb = 128;             // relay buffers of all streams together
+  std::size_t max_dials = 256;                    // per data connection: local connects at once
 
   std::string local_address() const;  // "host:port" as dialled
 };

@@ -50,6 +50,12 @@ struct config {
   std::uint32_t worker_uid_base = 1'900'000'000;
   std::string log_level = "info";  // trace debug info warn error
 
+  // What visitors can make a worker hold (security.md 5): visitors per IPv4 address or IPv6 /64
+  // per tunnel, seconds a stream may move no byte either way, relay buffers of all its streams.
+  std::uint32_t max_visitors_per_source = 256;
+  std::chrono::seconds stream_idle_timeout{600};
+  std::uint32_t buffer_budget_mb = 128;
+
   friend bool operator==(const config&, const config&) = default;
 };
 
@@ -69,6 +75,8 @@ inline constexpr std::int64_t max_auth_failure_delay_ms = 60'000;
 inline constexpr std::size_t max_user_chars = 32;               // useradd's limit
 inline constexpr std::uint32_t min_worker_uid_base = 65536;     // above the 16-bit ids, nobody
 inline constexpr std::uint32_t max_worker_uid = 4'294'967'293;  // (uid_t)-1 and -2 are special
+
+inline constexpr std::uint32_t max_buffer_budget_mb = 1 << 20;  // a TiB: far past any host
 }  // namespace limits
 
 class config_error : public std::runtime_error {

@@ -731,6 +731,12 @@ void supervisor::start_worker(const tunnel_ptr& t) {
       std::to_string(config_.heartbeat_timeout.count() * 1000),
       "--max-visitors",
       std::to_string(config_.max_visitors),
+      "--max-visitors-per-source",
+      std::to_string(config_.max_visitors_per_source),
+      "--stream-idle-timeout-ms",
+      std::to_string(config_.stream_idle_timeout.count() * 1000),
+      "--buffer-budget-mb",
+      std::to_string(config_.buffer_budget_mb),
   };
   int error = 0;
   // The worker runs under a uid of its own, which may not open the table: it gets a descriptor,

@@ -37,6 +37,7 @@ bool parse_number(std::string_view text, Number& out) {
 // Fills `options` from "--name value" pairs; prints the problem and returns false on bad input.
 bool parse_arguments(int argc, char** argv, w::worker_options& options) {
   unsigned keepalive_ms = 5000, idle_timeout_ms = 30000;
+  std::uint64_t stream_idle_timeout_ms = 600000;
   bool have_segment = false, have_slot = false, have_domain = false;
   for (int i = 1; i < argc; i += 2) {
     const std::string_view name = argv[i];
@@ -44,8 +45,9 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       std::fputs(
           "culvert-worker: serves one tunnel's public port; started by culvert-supervisor with\n"
           "  --segment NAME --slot N --domain NAME [--log-level L] [--max-visitors N]\n"
-          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD] "
-          "[--table-fd FD]\n",
+          "  [--keepalive-ms MS] [--idle-timeout-ms MS] [--channel-fd FD] [--listener-fd FD]\n"
+          "  [--table-fd FD] [--max-visitors-per-source N] [--stream-idle-timeout-ms MS]\n"
+          "  [--buffer-budget-mb MB]\n",
           stdout);
       std::exit(w::exit_ok);
     }
@@ -69,6 +71,14 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
       ok = parse_number(value, keepalive_ms);
     } else if (name == "--idle-timeout-ms") {
       ok = parse_number(value, idle_timeout_ms);
+    } else if (name == "--max-visitors-per-source") {
+      ok = parse_number(value, options.max_visitors_per_source) &&
+           options.max_visitors_per_source > 0;
+    } else if (name == "--stream-idle-timeout-ms") {
+      ok = parse_number(value, stream_idle_timeout_ms);
+    } else if (name == "--buffer-budget-mb") {
+      ok = parse_number(value, options.buffer_budget_mb) && options.buffer_budget_mb > 0 &&
+           options.buffer_budget_mb <= (1u << 20);
     } else if (name == "--channel-fd") {
       ok = parse_number(value, options.channel_fd);
     } else if (name == "--listener-fd") {
@@ -91,6 +101,7 @@ bool parse_arguments(int argc, char** argv, w::worker_options& options) {
   }
   options.mux.keepalive_interval = std::chrono::milliseconds(keepalive_ms);
   options.mux.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
+  options.mux.stream_idle_timeout = std::chrono::milliseconds(stream_idle_timeout_ms);
   options.mux.max_streams = options.max_visitors;
   return true;
 }

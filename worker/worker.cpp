@@ -48,7 +48,9 @@ worker::worker(asio::io_context& io, worker_options options)
       listener_(io, protocol_of(options_.listener_fd), options_.listener_fd),
       table_(options_.table_fd, options_.slot, options_.segment),
       sessions_changed_(io, asio::steady_timer::time_point::max()),
-      signals_(io, SIGTERM, SIGINT) {
+      signals_(io, SIGTERM, SIGINT),
+      sources_(options_.max_visitors_per_source) {
+  pool_.set_budget(options_.buffer_budget_mb * 1024 * 1024);
   // Its one page is mapped: the descriptor, which could map the rest of the table, goes now.
   ::close(options_.table_fd);
 }
@@ -186,8 +188,9 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
     if (spliced)
       counters.bytes_spliced.fetch_add(from_visitor + to_visitor, std::memory_order_relaxed);
   };
-  hooks.on_stream_closed = [&counters](const net::stream_report& r) {
+  hooks.on_stream_closed = [this, &counters](const net::stream_report& r) {
     counters.open_visitors.fetch_sub(1, std::memory_order_relaxed);
+    visitor_gone(r.peer);
     spdlog::debug("visitor {} done: {} B in, {} B out, {} ms{}", r.peer, r.bytes_from_socket,
                   r.bytes_to_socket,
                   std::chrono::duration_cast<std::chrono::milliseconds>(r.lifetime).count(),
@@ -250,6 +253,14 @@ bool worker::relay(tcp::socket& visitor, const std::string& peer) {
   return true;
 }
 
+// The peer text is the one relay() gave open_stream (net::to_string of the visitor's endpoint).
+void worker::visitor_gone(const std::string& peer) {
+  auto where = net::parse_host_port(peer);
+  boost::system::error_code ec;
+  auto address = where ? asio::ip::make_address(where->host, ec) : asio::ip::address();
+  if (where && !ec) sources_.remove(address);
+}
+
 // A visitor accepted just as the data connections went away (the client is reconnecting):
 // hold it for a while rather than refuse it.
 asio::awaitable<void> worker::relay_when_connected(tcp::socket visitor, std::string peer) {
@@ -260,6 +271,7 @@ asio::awaitable<void> worker::relay_when_connected(tcp::socket visitor, std::str
     spdlog::info("visitor {} reset: no data connection from the client within {} s", peer,
                  options_.visitor_wait.count());
     net::reset_and_close(visitor);
+    visitor_gone(peer);
   }
 }
 
@@ -293,11 +305,30 @@ asio::awaitable<void> worker::accept_loop() {
       net::reset_and_close(visitor);
       continue;
     }
+    // One source may not hold every visitor slot (and the buffers behind them). Refused at once,
+    // with a warning at most every 10 s: the refusals are the attacker's to multiply.
+    if (!sources_.try_add(peer.address())) {
+      if (refusal_log_.allow())
+        spdlog::warn(
+            "visitor {} refused: {} connections open from its address (the maximum); "
+            "{} more refused before this",
+            peer_text, options_.max_visitors_per_source, refusal_log_.suppressed());
+      net::reset_and_close(visitor);
+      continue;
+    }
     if (!least_loaded_session()) {
       spawn(io_, relay_when_connected(std::move(visitor), std::move(peer_text)), "parked visitor");
       continue;
     }
-    if (!relay(visitor, peer_text)) net::reset_and_close(visitor);
+    if (!relay(visitor, peer_text)) {
+      if (pool_.over_budget() && refusal_log_.allow())
+        spdlog::warn(
+            "visitor {} refused: relay buffers over budget ({} MiB); {} more refused "
+            "before this",
+            peer_text, options_.buffer_budget_mb, refusal_log_.suppressed());
+      net::reset_and_close(visitor);
+      visitor_gone(peer_text);
+    }
   }
 }
 

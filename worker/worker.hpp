@@ -19,8 +19,10 @@
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
+#include "shared/log/rate_limited.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
+#include "worker/source_limit.hpp"
 #if CULVERT_WITH_TLS
 #include "shared/tls/tls_contexts.hpp"
 #endif
@@ -35,7 +37,9 @@ struct worker_options {
   std::uint32_t slot = 0;
   std::string domain;
   std::string log_level = "info";
-  std::size_t max_visitors = 16384;  // open visitor connections; more are reset at once
+  std::size_t max_visitors = 16384;             // open visitor connections; more are reset at once
+  std::uint32_t max_visitors_per_source = 256;  // per IPv4 address or IPv6 /64; more are reset
+  std::size_t buffer_budget_mb = 128;           // relay buffers of every stream together
   std::chrono::seconds drain_timeout{5};
   std::chrono::seconds handshake_timeout{5};  // TLS data connections
   std::chrono::seconds visitor_wait{10};      // for a data connection, once accepted
@@ -65,6 +69,7 @@ class worker {
   boost::asio::awaitable<void> relay_when_connected(boost::asio::ip::tcp::socket visitor,
                                                     std::string peer);
   bool relay(boost::asio::ip::tcp::socket& visitor, const std::string& peer);
+  void visitor_gone(const std::string& peer);  // a counted visitor's stream ended
   boost::asio::awaitable<void> drain_and_exit();
   std::shared_ptr<shared::net::mux_session> least_loaded_session();
   void report_data_connections();
@@ -86,6 +91,8 @@ class worker {
 #endif
   unsigned tls_handshakes_ = 0;      // in progress
   std::size_t parked_visitors_ = 0;  // accepted, waiting for a data connection
+  source_limit sources_;             // visitors open (or parked) per source address
+  shared::log::rate_limited refusal_log_;
   bool stopping_ = false;
 };
 

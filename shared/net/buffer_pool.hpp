@@ -2,7 +2,9 @@
 // chunks for the copying path, and empty kernel pipes for the splice path.
 // Single-threaded (each culvert process runs one io_context thread).
 // Invariant: at most max_idle chunks and max_idle_pipes pipes are kept; the rest go back to the
-// allocator or are closed, so memory and descriptors held while idle stay bounded.
+// allocator or are closed, so memory and descriptors held while idle stay bounded. Chunks in use
+// are counted against a budget: take() never fails (bytes a peer was allowed to send are kept),
+// but past the budget the multiplexer stops reading, granting credit and opening streams.
 #pragma once
 
 #include <chrono>
@@ -25,7 +27,13 @@ class buffer_pool {
   // every worker of the account) even when empty: keep few.
   static constexpr std::size_t max_idle_pipes = 2;
 
+  static constexpr std::size_t default_budget = 128 * 1024 * 1024;
+
   explicit buffer_pool(std::size_t max_idle = 16) : max_idle_(max_idle) {}
+  // Bytes of chunks in use (relay buffers of every stream of the process) counted as full.
+  void set_budget(std::size_t bytes) { budget_ = bytes; }
+  std::size_t budget() const { return budget_; }
+  bool over_budget() const { return outstanding_ * chunk_size >= budget_; }
   chunk take();
   void give(chunk c);
   // An empty pipe, or nullopt when the kernel refuses one (then copy instead).
@@ -44,6 +52,7 @@ class buffer_pool {
  private:
   std::size_t max_idle_;
   std::size_t outstanding_ = 0;
+  std::size_t budget_ = default_budget;
   std::uint64_t takes_ = 0;
   std::vector<chunk> idle_;
   std::vector<splice_pipe> idle_pipes_;

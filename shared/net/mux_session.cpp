@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <cerrno>
@@ -100,9 +101,10 @@ struct mux_session::stream {
   tcp::socket socket;
   std::string peer;
   clock_type::time_point opened = clock_type::now();
-  bool connected = false;  // client role: the local service has been dialled
-  bool closed = false;     // removed from the session; relays exit when they see it
-  bool aborted = false;    // reset: its queued DATA frames are dropped, not sent
+  clock_type::time_point last_active = opened;  // the last byte moved either way (idle timeout)
+  bool connected = false;                       // client role: the local service has been dialled
+  bool closed = false;   // removed from the session; relays exit when they see it
+  bool aborted = false;  // reset: its queued DATA frames are dropped, not sent
 
   // socket -> peer
   std::int64_t send_credit;
@@ -149,6 +151,12 @@ asio::awaitable<void> wait_for_wake(asio::steady_timer& timer) {
 }
 }  // namespace
 
+// Returns once the stream is removed (remove_stream wakes from_socket_wake; other wakes of it,
+// such as a WINDOW, are only looked past).
+asio::awaitable<void> mux_session::wait_until_closed(stream_ptr s) {
+  while (!s->closed) co_await wait_for_wake(s->from_socket_wake);
+}
+
 mux_session::mux_session(transport connection, role r, mux_settings settings, mux_hooks hooks,
                          buffer_pool& pool)
     : connection_(std::move(connection)),
@@ -158,6 +166,7 @@ mux_session::mux_session(transport connection, role r, mux_settings settings, mu
       pool_(pool),
       writer_wake_(connection_.get_executor()),
       keepalive_timer_(connection_.get_executor()),
+      stream_idle_timer_(connection_.get_executor()),
       splice_allowed_(!connection_.is_tls() && splice_enabled()) {}
 
 mux_session::~mux_session() {
@@ -175,10 +184,13 @@ void mux_session::start() {
   spawn(ex, read_loop(), "mux reader");
   spawn(ex, write_loop(), "mux writer");
   spawn(ex, keepalive_loop(), "mux keepalive");
+  if (settings_.stream_idle_timeout.count() > 0) spawn(ex, stream_idle_loop(), "mux stream idle");
 }
 
 bool mux_session::open_stream(tcp::socket visitor, std::string peer) {
   if (!open_ || role_ != role::server || streams_.size() >= settings_.max_streams) return false;
+  // Past the buffer budget a new stream's initial window would be memory on top of it.
+  if (pool_.over_budget()) return false;
   if (last_stream_id_ >= 0xfffffff0u) return false;  // ids exhausted: the worker uses another
   const std::uint32_t id = last_stream_id_ == 0 ? 1 : last_stream_id_ + 2;  // server ids are odd
   last_stream_id_ = id;
@@ -238,6 +250,7 @@ void mux_session::close(const std::string& reason) {
   connection_.close();
   writer_wake_.cancel();
   keepalive_timer_.cancel();
+  stream_idle_timer_.cancel();
   if (auto hook = std::move(hooks_.on_closed)) hook(reason);
 }
 
@@ -367,10 +380,21 @@ bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> pa
     return false;
   }
   last_stream_id_ = id;
-  if (streams_.size() >= settings_.max_streams) {
+  // Refused at once with RESET, before any dial: too many streams, dials still connecting (a
+  // storm of opens, each reset by the visitor, would otherwise pile up local connections), or
+  // relay buffers past the process's budget.
+  const char* refusal = streams_.size() >= settings_.max_streams ? "too many streams"
+                        : dials_in_flight_ >= settings_.max_dials
+                            ? "too many local dials in progress"
+                        : pool_.over_budget() ? "relay buffers over budget"
+                                              : nullptr;
+  if (refusal) {
     std::uint8_t code[4];
     proto::store_u32(code, 1);
     queue_control(proto::frame_type::reset, 0, id, code);
+    if (refusal_log_.allow())
+      spdlog::warn("data connection: stream refused: {} ({} more refused before this)", refusal,
+                   refusal_log_.suppressed());
     return true;
   }
   auto s = std::make_shared<stream>(id, tcp::socket(connection_.get_executor()), settings_);
@@ -763,6 +787,33 @@ asio::awaitable<void> mux_session::keepalive_loop() {
   }
 }
 
+// Resets every stream that moved no byte either way for settings_.stream_idle_timeout: a
+// visitor (or local service) that neither reads nor writes cannot hold its buffers for ever.
+// Looks a few times per timeout, so a stream lives at most an eighth longer than it.
+asio::awaitable<void> mux_session::stream_idle_loop() {
+  auto self = shared_from_this();
+  const auto timeout = settings_.stream_idle_timeout;
+  const auto period = std::clamp<clock_type::duration>(timeout / 8, std::chrono::milliseconds(10),
+                                                       std::chrono::seconds(5));
+  std::vector<stream_ptr> idle;
+  while (open_) {
+    stream_idle_timer_.expires_after(period);
+    co_await stream_idle_timer_.async_wait(use_tuple);
+    if (!open_) co_return;
+    const auto now = clock_type::now();
+    for (auto& [id, s] : streams_)
+      if (now - s->last_active >= timeout) idle.push_back(s);
+    for (auto& s : idle)
+      reset_stream(s,
+                   "idle for " +
+                       std::to_string(
+                           std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                       " ms",
+                   true);
+    idle.clear();
+  }
+}
+
 void mux_session::release_idle_memory() {
   // The read buffer's pages past its unparsed bytes hold nothing: hand them back to the kernel
   // (they come back as zero pages on the next large read). The loop is suspended, not reading.
@@ -785,9 +836,16 @@ void mux_session::release_idle_memory() {
 // ---- stream relays ---------------------------------------------------------------------------
 
 asio::awaitable<void> mux_session::dial_then_relay(stream_ptr s) {
+  using namespace asio::experimental::awaitable_operators;
   auto self = shared_from_this();
-  auto socket = co_await hooks_.dial();
-  if (s->closed) co_return;  // reset by the peer, or the session ended, while dialling
+  if (s->closed) co_return;  // reset before this coroutine first ran
+  // A RESET (or the session's end) while dialling cancels the dial: its socket closes now,
+  // rather than the local service getting a connection for a visitor that is gone.
+  ++dials_in_flight_;
+  auto dialled = co_await (hooks_.dial() || wait_until_closed(s));
+  --dials_in_flight_;
+  if (s->closed || dialled.index() != 0) co_return;
+  auto& socket = std::get<0>(dialled);
   if (!socket) {
     reset_stream(s, "local service unreachable", true);
     co_return;
@@ -803,8 +861,11 @@ asio::awaitable<void> mux_session::socket_to_peer(stream_ptr s) {
   // and a read that filled its chunk left more behind. Either saves a pass through epoll.
   bool maybe_more = true;
   for (;;) {
-    while (!s->closed && (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight ||
-                          s->pipe_bytes >= max_spliced_in_flight))
+    // Past the buffer budget a stream keeps one chunk in flight, not more: reads slow down
+    // instead of memory growing, and every stream still moves (its own write wakes it).
+    while (!s->closed &&
+           (s->send_credit <= 0 || s->in_flight >= settings_.chunks_in_flight ||
+            s->pipe_bytes >= max_spliced_in_flight || (s->in_flight > 0 && pool_.over_budget())))
       co_await wait_for_wake(s->from_socket_wake);
     if (s->closed) co_return;
     if (!maybe_more) {
@@ -963,6 +1024,7 @@ void mux_session::pending_written(stream& s, std::size_t n) {
 void mux_session::counted_from_socket(stream& s, std::size_t n, bool spliced) {
   s.send_credit -= std::int64_t(n);
   s.bytes_from_socket += n;
+  s.last_active = clock_type::now();
   relayed_since_tick_ = true;
   if (hooks_.on_traffic) hooks_.on_traffic(n, 0, spliced);
 }
@@ -970,6 +1032,7 @@ void mux_session::counted_from_socket(stream& s, std::size_t n, bool spliced) {
 // Bytes written to a stream's socket: its report, the tunnel's counters, credit for the peer.
 void mux_session::counted_to_socket(stream& s, std::size_t n, bool spliced) {
   s.bytes_to_socket += n;
+  s.last_active = clock_type::now();
   if (hooks_.on_traffic) hooks_.on_traffic(0, n, spliced);
   credit_consumed(s, n);
 }
@@ -1000,8 +1063,13 @@ void mux_session::credit_consumed(stream& s, std::size_t bytes) {
   s.unacked += std::uint32_t(bytes);
   s.rate_sample_bytes += bytes;
   if (s.unacked < s.recv_window / 4) return;
+  // Past the buffer budget a stream with bytes still waiting for its socket gets no more credit
+  // (nor a larger window) until they are written: the write that empties it grants it all, so
+  // the credit is only delayed, never lost.
+  const bool over_budget = pool_.over_budget();
+  if (over_budget && !s.pending.empty()) return;
   std::uint32_t increment = s.unacked;
-  if (window_limits(s) && s.recv_window < settings_.max_window &&
+  if (!over_budget && window_limits(s) && s.recv_window < settings_.max_window &&
       window_growth_used + s.recv_window <= window_growth_budget) {
     window_growth_used += s.recv_window;
     increment += s.recv_window;

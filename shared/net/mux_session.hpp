@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "shared/log/rate_limited.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/transport.hpp"
 #include "shared/protocol/frame.hpp"
@@ -34,6 +35,11 @@ struct mux_settings {
   std::chrono::milliseconds idle_timeout{30000};  // silence (no frame at all) that ends a session
   std::size_t max_streams = 16384;
   std::size_t chunks_in_flight = 2;  // per stream, socket -> connection direction
+  // A stream with no byte moved either way for this long is reset (zero: never). Long, because
+  // SSH and database sessions sit idle; what it reclaims is a stalled stream's buffers.
+  std::chrono::milliseconds stream_idle_timeout{600000};
+  // Client role: local dials in progress at once; an OPEN beyond them is answered with RESET.
+  std::size_t max_dials = 256;
 };
 
 // Watches the bytes of one stream without altering them (the client's HTTP request log).
@@ -92,6 +98,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
 
   bool is_open() const { return open_; }
   std::size_t stream_count() const { return streams_.size(); }
+  std::size_t dials_in_flight() const { return dials_in_flight_; }
   // Smoothed round-trip time of the connection, from PING echoes (zero until measured).
   std::chrono::microseconds rtt() const { return rtt_; }
   std::chrono::microseconds min_rtt() const { return min_rtt_; }
@@ -105,9 +112,11 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   boost::asio::awaitable<void> read_loop();
   boost::asio::awaitable<void> write_loop();
   boost::asio::awaitable<void> keepalive_loop();
+  boost::asio::awaitable<void> stream_idle_loop();
   boost::asio::awaitable<void> socket_to_peer(stream_ptr);
   boost::asio::awaitable<void> peer_to_socket(stream_ptr);
   boost::asio::awaitable<void> dial_then_relay(stream_ptr);
+  boost::asio::awaitable<void> wait_until_closed(stream_ptr);
   boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
   boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&);
 
@@ -170,11 +179,14 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
 
   std::unordered_map<std::uint32_t, stream_ptr> streams_;
   std::uint32_t last_stream_id_ = 0;  // highest id opened so far (ids strictly increase)
+  std::size_t dials_in_flight_ = 0;   // client role: dial_then_relay still connecting
 
   std::deque<out_frame> control_queue_;  // sent ahead of data: window, ping, open, reset
   std::deque<out_frame> data_queue_;
   boost::asio::steady_timer writer_wake_;
   boost::asio::steady_timer keepalive_timer_;
+  boost::asio::steady_timer stream_idle_timer_;
+  shared::log::rate_limited refusal_log_;  // streams refused for the budget or the dial cap
   relay_stats stats_;
   bool splice_allowed_;  // clear text: stream bytes may bypass user space (TLS must see them)
 
