@@ -330,6 +330,16 @@ def answer_with_sha256(conn):
     conn.shutdown(socket.SHUT_WR)
 
 
+def echo_once(port, message, timeout=10):
+    """Sends `message` through a tunnel to an echo service, half-closes, returns all it got."""
+    s = connect(port, timeout=timeout)
+    s.sendall(message)
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s)
+    s.close()
+    return got
+
+
 def route_tag(secret):
     """DATA_ROUTE's tag for a tunnel's secret (docs/protocol.md, protocol version 3)."""
     return hmac.new(secret, b"culvert data route tag v1", hashlib.sha256).digest()

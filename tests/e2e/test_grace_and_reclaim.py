@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 
-from harness import Environment, connect, echo_handler, recv_all, run_test, wait_until
+from harness import Environment, connect, echo_handler, echo_once, recv_all, run_test, wait_until
 
 GRACE = 3
 
@@ -61,15 +61,6 @@ class CuttableProxy:
     def close(self):
         self.listener.close()
         self.cut()
-
-
-def echo_once(port, message):
-    s = connect(port)
-    s.sendall(message)
-    s.shutdown(socket.SHUT_WR)
-    got = recv_all(s)
-    s.close()
-    return got
 
 
 def main():

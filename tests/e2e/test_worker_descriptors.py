@@ -1,7 +1,8 @@
 """A worker holds only its own descriptors (issue #16, item 0). With three tunnels open, each
 worker's sockets are checked through /proc: its one listening socket is its own public port, it
 holds nothing on the control port but its own client's data connections (not the listener, not
-another client's connection), and it shares no socket with another worker. Then a released port stops listening at once: once a killed
+another client's connection), and it shares no socket with another worker. Then a released port
+stops listening at once: once a killed
 client's grace period ends, a visitor to its old port is refused, not accepted and left hanging
 by a later worker that inherited the listener."""
 
@@ -10,7 +11,7 @@ import os
 import signal
 import socket
 
-from harness import Environment, connect, echo_handler, recv_all, run_test, wait_until
+from harness import Environment, echo_handler, echo_once, run_test, wait_until
 
 GRACE = 1
 
@@ -44,15 +45,6 @@ def descriptors(pid):
 
 def socket_inodes(links):
     return {int(target[8:-1]) for target in links.values() if target.startswith("socket:[")}
-
-
-def echo_once(port, message):
-    s = connect(port, timeout=5)
-    s.sendall(message)
-    s.shutdown(socket.SHUT_WR)
-    got = recv_all(s)
-    s.close()
-    return got
 
 
 def main():

@@ -24,12 +24,15 @@
 
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
+#include "tests/support/loopback_pair.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
 using asio::ip::tcp;
 
 namespace {
+
+using culvert::tests::loopback_pair;
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
@@ -40,14 +43,6 @@ constexpr std::uint8_t opt_few_streams = 0x04;   // max_streams = 2
 constexpr std::uint8_t opt_linger = 0x08;        // peer waits before its FIN: relays get to run
 constexpr std::uint8_t opt_visitor = 0x10;       // the visitor / local service send bytes too
 constexpr std::uint8_t opt_refuse = 0x20;        // client role: dial fails (stream reset)
-
-std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
-  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  tcp::socket a(io), b(io);
-  a.connect(acceptor.local_endpoint());
-  acceptor.accept(b);
-  return {std::move(a), std::move(b)};
-}
 
 // Reads and discards until EOF or error; optionally sends `greeting` and half-closes first.
 asio::awaitable<void> drain(tcp::socket& s, bool greet, bool* done = nullptr) {

@@ -15,6 +15,7 @@
 
 #include "shared/net/mux_session.hpp"
 #include "shared/protocol/frame.hpp"
+#include "tests/support/loopback_pair.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
@@ -25,13 +26,7 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
-  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  tcp::socket a(io), b(io);
-  a.connect(acceptor.local_endpoint());
-  acceptor.accept(b);
-  return {std::move(a), std::move(b)};
-}
+using culvert::tests::loopback_pair;
 
 std::vector<std::uint8_t> frame_bytes(proto::frame_type type, std::uint32_t stream,
                                       std::vector<std::uint8_t> payload) {

@@ -17,6 +17,7 @@
 
 #include "shared/protocol/frame.hpp"
 #include "shared/protocol/messages.hpp"
+#include "tests/support/loopback_pair.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
@@ -26,13 +27,7 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
-  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  tcp::socket a(io), b(io);
-  a.connect(acceptor.local_endpoint());
-  acceptor.accept(b);
-  return {std::move(a), std::move(b)};
-}
+using culvert::tests::loopback_pair;
 
 // A client-side dial hook connecting to `local`, then applying `tune` to the new socket.
 std::function<asio::awaitable<std::optional<tcp::socket>>()> dial_to(

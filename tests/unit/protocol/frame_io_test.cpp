@@ -10,6 +10,8 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 
+#include "tests/support/loopback_pair.hpp"
+
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
 namespace proto = culvert::shared::protocol;
@@ -17,13 +19,7 @@ using asio::ip::tcp;
 
 namespace {
 
-std::pair<tcp::socket, tcp::socket> loopback_pair(asio::io_context& io) {
-  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  tcp::socket a(io), b(io);
-  a.connect(acceptor.local_endpoint());
-  acceptor.accept(b);
-  return {std::move(a), std::move(b)};
-}
+using culvert::tests::loopback_pair;
 
 // Sends `header` (and nothing else) from one end, reads a frame on the other with `limits` and a
 // 3 s deadline; returns the outcome and how long the read took.
