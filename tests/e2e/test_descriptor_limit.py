@@ -11,7 +11,7 @@ import socket
 import struct
 
 from harness import (BIN, PROTOCOL_VERSION, Environment, Supervisor, assert_echoed, connect,
-                     echo_handler, run_test, wait_until)
+                     echo_handler, run_test, skip, wait_until)
 
 SOFT, HARD = 64, 192
 CAP = HARD - 64  # shared/util/descriptor_limit.hpp: worker_reserved_descriptors
@@ -67,6 +67,11 @@ def open_data_connection(port, tunnel_id, secret):
 
 
 def main():
+    if os.environ.get("CULVERT_SANITIZED") == "1":
+        # The sanitizer runtimes need descriptors of their own: with none left, UBSan's vptr
+        # check cannot open the pipe it probes memory through and reports a false "invalid vptr"
+        # (seen in the worker). The plain build runs this test.
+        skip("descriptor exhaustion cannot run under the sanitizers")
     with Environment() as env:
         echo = env.service(echo_handler)
         sup = start_supervisor(env)

@@ -136,6 +136,11 @@ def test_buffer_budget():
         assert refused > 0, "no visitor was refused past the budget"
         kept = visitors - refused
         bound = budget * MIB + kept * 384 * 1024 + 8 * MIB
+        if os.environ.get("CULVERT_SANITIZED") == "1":
+            # ASan's quarantine and shadow memory make VmRSS measure the sanitizer (a worker
+            # grew 204 MiB under it); the plain build checks the bound.
+            print(f"sanitizer build: memory bound {bound / MIB:.1f} MiB not checked")
+            return
         for name, grown in (("worker", worker), ("client", client)):
             assert grown < bound, f"{name} grew {grown / MIB:.1f} MiB, bound {bound / MIB:.1f}"
 
