@@ -93,6 +93,7 @@ class Supervisor:
             # Every bench client comes from one loopback address: lift the per-address limits
             # meant for the internet, so figures 5 and 6 measure culvert, not its DoS guards.
             "--max-tunnels-per-address", "65536", "--max-handshakes-per-address", "65536",
+            "--max-visitors-per-source", "1000000",
             *extra], netns=netns, env=env)
         # --log-level warn hides the 'control listening' line; read the address from ss instead
         self.port = self._control_port(control_host)

@@ -92,7 +92,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
         ->check(CLI::Range(1, 1 << 20));
     sub->add_option("--max-dials", options.max_dials,
                     "connections to the local service being opened at once, per data "
-                    "connection; visitors beyond them are reset (default 256)")
+                    "connection; visitors beyond them wait their turn (default 256)")
         ->check(CLI::Range(1, 1 << 20));
     sub->add_option("--log-level", options.log_level,
                     "diagnostics on stderr: trace debug info warn error (default info)");

@@ -380,14 +380,11 @@ bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> pa
     return false;
   }
   last_stream_id_ = id;
-  // Refused at once with RESET, before any dial: too many streams, dials still connecting (a
-  // storm of opens, each reset by the visitor, would otherwise pile up local connections), or
-  // relay buffers past the process's budget.
+  // Refused at once with RESET, before any dial: too many streams, or relay buffers past the
+  // process's budget.
   const char* refusal = streams_.size() >= settings_.max_streams ? "too many streams"
-                        : dials_in_flight_ >= settings_.max_dials
-                            ? "too many local dials in progress"
-                        : pool_.over_budget() ? "relay buffers over budget"
-                                              : nullptr;
+                        : pool_.over_budget()                    ? "relay buffers over budget"
+                                                                 : nullptr;
   if (refusal) {
     std::uint8_t code[4];
     proto::store_u32(code, 1);
@@ -401,8 +398,24 @@ bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> pa
   s->peer.assign(reinterpret_cast<const char*>(payload.data() + 1), payload[0]);
   if (hooks_.make_observer) s->observer = hooks_.make_observer();
   streams_.emplace(id, s);
-  spawn(connection_.get_executor(), dial_then_relay(s), "stream dial");
+  // At most max_dials connects at once: a burst of visitors waits its turn in order, and a
+  // storm of opens, each reset by its visitor, piles up no local connections (a queued stream
+  // that is reset is skipped, never dialled).
+  if (dials_in_flight_ >= settings_.max_dials)
+    waiting_dials_.push_back(s);
+  else
+    spawn(connection_.get_executor(), dial_then_relay(s), "stream dial");
   return true;
+}
+
+void mux_session::start_waiting_dial() {
+  while (!waiting_dials_.empty() && dials_in_flight_ < settings_.max_dials) {
+    auto s = std::move(waiting_dials_.front());
+    waiting_dials_.pop_front();
+    if (s->closed) continue;
+    spawn(connection_.get_executor(), dial_then_relay(s), "stream dial");
+    return;
+  }
 }
 
 // A DATA header: every check the whole frame needs, before any of its payload is handed on.
@@ -844,6 +857,7 @@ asio::awaitable<void> mux_session::dial_then_relay(stream_ptr s) {
   ++dials_in_flight_;
   auto dialled = co_await (hooks_.dial() || wait_until_closed(s));
   --dials_in_flight_;
+  start_waiting_dial();
   if (s->closed || dialled.index() != 0) co_return;
   auto& socket = std::get<0>(dialled);
   if (!socket) {

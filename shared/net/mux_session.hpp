@@ -38,7 +38,7 @@ struct mux_settings {
   // A stream with no byte moved either way for this long is reset (zero: never). Long, because
   // SSH and database sessions sit idle; what it reclaims is a stalled stream's buffers.
   std::chrono::milliseconds stream_idle_timeout{600000};
-  // Client role: local dials in progress at once; an OPEN beyond them is answered with RESET.
+  // Client role: local dials in progress at once; an OPEN beyond them waits for one to finish.
   std::size_t max_dials = 256;
 };
 
@@ -116,6 +116,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   boost::asio::awaitable<void> socket_to_peer(stream_ptr);
   boost::asio::awaitable<void> peer_to_socket(stream_ptr);
   boost::asio::awaitable<void> dial_then_relay(stream_ptr);
+  void start_waiting_dial();
   boost::asio::awaitable<void> wait_until_closed(stream_ptr);
   boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
   boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&);
@@ -178,8 +179,9 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   bool relayed_since_tick_ = false;       // stream bytes moved since the last keepalive
 
   std::unordered_map<std::uint32_t, stream_ptr> streams_;
-  std::uint32_t last_stream_id_ = 0;  // highest id opened so far (ids strictly increase)
-  std::size_t dials_in_flight_ = 0;   // client role: dial_then_relay still connecting
+  std::uint32_t last_stream_id_ = 0;      // highest id opened so far (ids strictly increase)
+  std::size_t dials_in_flight_ = 0;       // client role: dial_then_relay still connecting
+  std::deque<stream_ptr> waiting_dials_;  // client role: opened past max_dials, in order
 
   std::deque<out_frame> control_queue_;  // sent ahead of data: window, ping, open, reset
   std::deque<out_frame> data_queue_;
