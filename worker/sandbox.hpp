@@ -13,7 +13,7 @@ int make_undumpable() noexcept;
 // Installs the allow-list for the rest of the process's life. Call after every file the worker
 // needs is open (the table mapped, the time zone read, OpenSSL's configuration loaded). Returns
 // false without installing anything in sanitizer builds (their runtimes trace the process at
-// exit to look for leaks). Throws std::runtime_error naming the libseccomp call that failed.
+// exit to look for leaks). Throws std::runtime_error naming the system call that failed.
 // `fixed_page` is the worker's table page: mremap of it is refused, since growing that mapping
 // would map the next slots' pages of the segment.
 bool enter_sandbox(const void* fixed_page = nullptr);
