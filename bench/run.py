@@ -27,6 +27,8 @@ class Config:
     def __init__(self, quick, heavy):
         self.quick, self.heavy = quick, heavy
         self.runs = 1 if quick else 3
+        # Latency rounds are short and the share moves run to run: take more of them.
+        self.latency_runs = 2 if quick else 7
         self.bulk_seconds = 2 if quick else 5
         self.http_seconds = 3 if quick else 6
         self.ping_n = 1000 if quick else 5000
