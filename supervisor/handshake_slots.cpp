@@ -62,6 +62,15 @@ handshake_slots::ticket handshake_slots::admit(std::function<void()> shed) {
   return ticket(state_, std::move(e));
 }
 
+void handshake_slots::shed_all() {
+  for (auto& list : state_->members)
+    while (!list.empty()) {
+      auto victim = list.front();
+      state_->unlist(*victim);
+      if (auto shed = std::move(victim->shed)) shed();
+    }
+}
+
 std::uint32_t handshake_slots::count(handshake_stage stage) const {
   return std::uint32_t(state_->list_of(stage).size());
 }

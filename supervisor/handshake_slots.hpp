@@ -53,6 +53,8 @@ class handshake_slots {
   // A place in the unidentified stage, shedding its oldest member first if it is full. `shed`
   // must end the connection's handshake promptly (the supervisor shuts the socket down).
   ticket admit(std::function<void()> shed);
+  // Sheds every place (shutdown): each shed() runs once; not counted in shed_total().
+  void shed_all();
   std::uint32_t count(handshake_stage) const;
   std::uint64_t shed_total() const;
 

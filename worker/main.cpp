@@ -165,11 +165,10 @@ int main(int argc, char** argv) {
       spdlog::debug("sandbox: seccomp allow-list installed");
     else
       spdlog::info("sandbox: no seccomp allow-list in a sanitizer build");
+    // Returns once the worker has ended everything it started (drain_and_exit, stop_now).
     io.run();
-    // Leave without running local destructors: the io_context would destroy its pending
-    // coroutine frames after the objects they point into. The kernel closes every descriptor.
     spdlog::default_logger()->flush();
-    std::exit(w::exit_ok);
+    return worker.exit_code();
   } catch (const std::exception& e) {
     spdlog::critical("fatal: {}", e.what());
     return w::exit_fatal;

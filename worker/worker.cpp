@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shared/ipc/worker_channel.hpp"
 #include "shared/net/address.hpp"
 #include "shared/net/cloexec_socket.hpp"
 #include "shared/net/socket_options.hpp"
@@ -26,10 +27,12 @@ namespace asio = boost::asio;
 namespace net = shared::net;
 using asio::ip::tcp;
 using shared::net::spawn;
+namespace wire = shared::ipc::worker_channel;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
-constexpr unsigned max_logged_channel_skips = 10;  // a flood must not flood the log too
+constexpr unsigned max_logged_channel_skips = 10;           // a flood must not flood the log too
+constexpr auto drain_poll = std::chrono::milliseconds(50);  // how often a drain looks again
 
 tcp protocol_of(int fd) {
   sockaddr_storage address{};
@@ -72,7 +75,7 @@ void worker::start() {
                  options_.drain_timeout.count());
     spawn(io_, drain_and_exit(), "drain");
   });
-  spawn(io_, tell_supervisor("R"), "ready message");
+  spawn(io_, tell_supervisor(wire::encode(wire::ready{})), "ready message");
   spdlog::info("serving {} on {}", options_.domain, net::to_string(listener_.local_endpoint()));
 }
 
@@ -94,48 +97,52 @@ asio::awaitable<void> worker::channel_loop() {
         continue;
       }
       // The supervisor is gone (or broke the channel): nobody can manage this tunnel any more.
-      spdlog::warn("supervisor channel closed ({}); exiting", ec->message());
-      io_.stop();
+      if (!stopped_) {
+        spdlog::warn("supervisor channel closed ({}); exiting", ec->message());
+        stop_now("supervisor gone");
+      }
       co_return;
     }
     auto& message = std::get<shared::ipc::channel_message>(received);
-    const char kind = message.payload.empty() ? '\0' : message.payload.front();
-    if (kind == 'K' && message.fd < 0) {
+    auto decoded = wire::decode_to_worker(message.payload, message.fd >= 0);
+    if (!decoded) {
+      if (message.fd >= 0) ::close(message.fd);
+      spdlog::warn("unexpected message on the supervisor channel; ignored");
+      continue;
+    }
+    if (auto* key = std::get_if<wire::data_key>(&*decoded)) {
 #if CULVERT_WITH_TLS
-      if (message.payload.size() != 1 + 8 + sizeof(shared::tls::psk_bytes)) {
-        spdlog::warn("malformed data-connection key from the supervisor; ignored");
-        continue;
-      }
-      // The key of this tunnel's TLS data connections: tunnel id, then the derived key.
-      std::uint64_t id = 0;
-      for (int i = 1; i <= 8; ++i) id = id << 8 | std::uint8_t(message.payload[i]);
-      shared::tls::psk_bytes key;
-      std::memcpy(key.data(), message.payload.data() + 9, key.size());
+      // The key of this tunnel's TLS data connections, with the id the client names it by.
+      static_assert(sizeof(key->key) == sizeof(shared::tls::psk_bytes));
+      shared::tls::psk_bytes psk;
+      std::memcpy(psk.data(), key->key.data(), psk.size());
       if (!psk_) psk_ = std::make_unique<shared::tls::psk_server>();
-      psk_->set_psk(id, key);
+      psk_->set_psk(key->tunnel_id, psk);
+      OPENSSL_cleanse(psk.data(), psk.size());
+      OPENSSL_cleanse(key->key.data(), key->key.size());
       OPENSSL_cleanse(message.payload.data(), message.payload.size());
 #else
+      (void)key;
       // The supervisor runs TLS: every data connection of this tunnel would be refused here.
       spdlog::critical(
           "this worker is built without TLS and the supervisor uses TLS; run culvert-worker "
           "(the supervisor's default when it has a certificate) instead");
-      spdlog::default_logger()->flush();
-      std::exit(exit_fatal);
+      exit_code_ = wire::exit_fatal;
+      stop_now("worker built without TLS");
+      co_return;
 #endif
-    } else if ((kind == 'D' || kind == 'T') && message.fd >= 0) {
-      boost::system::error_code ec;
-      tcp::socket connection(io_);
-      connection.assign(protocol_of(message.fd), message.fd, ec);
-      if (ec) {
-        spdlog::error("adopting a data connection: assign: {}", ec.message());
-        ::close(message.fd);
-        continue;
-      }
-      spawn(io_, adopt(std::move(connection), kind == 'T'), "data connection adoption");
-    } else {
-      if (message.fd >= 0) ::close(message.fd);
-      spdlog::warn("unexpected message on the supervisor channel; ignored");
+      continue;
     }
+    const auto& data = std::get<wire::data_connection>(*decoded);
+    boost::system::error_code ec;
+    tcp::socket connection(io_);
+    connection.assign(protocol_of(message.fd), message.fd, ec);
+    if (ec) {
+      spdlog::error("adopting a data connection: assign: {}", ec.message());
+      ::close(message.fd);
+      continue;
+    }
+    spawn(io_, adopt(std::move(connection), data.tls), "data connection adoption");
   }
 }
 
@@ -214,7 +221,9 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
 }
 
 void worker::report_data_connections() {
-  spawn(io_, tell_supervisor("C" + std::to_string(sessions_.size())), "data connection report");
+  spawn(io_,
+        tell_supervisor(wire::encode(wire::data_connection_count{std::uint16_t(sessions_.size())})),
+        "data connection report");
 }
 
 // A member coroutine rather than a capturing lambda: a lambda's captures die with the closure
@@ -332,7 +341,11 @@ asio::awaitable<void> worker::accept_loop() {
   }
 }
 
+// Stops accepting, gives open streams up to drain_timeout to finish, then ends everything this
+// worker started, so that io_context::run() returns with no work left and every owner is
+// destroyed after the coroutines that point into it.
 asio::awaitable<void> worker::drain_and_exit() {
+  if (stopping_) co_return;
   stopping_ = true;
   boost::system::error_code ec;
   listener_.close(ec);
@@ -342,11 +355,23 @@ asio::awaitable<void> worker::drain_and_exit() {
     std::size_t open = 0;
     for (auto& s : sessions_) open += s->stream_count();
     if (open == 0 || std::chrono::steady_clock::now() >= deadline) break;
-    asio::steady_timer poll(io_, std::chrono::milliseconds(50));
+    asio::steady_timer poll(io_, drain_poll);
     co_await poll.async_wait(use_tuple);
   }
-  for (auto& s : std::vector(sessions_)) s->close("worker stopping");
-  io_.stop();
+  stop_now("worker stopping");
+}
+
+// Ends at once: what is still open is reset, never cut short in silence.
+void worker::stop_now(const std::string& reason) {
+  if (stopped_) return;
+  stopped_ = stopping_ = true;
+  boost::system::error_code ec;
+  listener_.close(ec);
+  sessions_changed_.cancel();
+  signals_.cancel(ec);
+  for (auto& s : std::vector(sessions_)) s->close(reason);
+  sessions_.clear();
+  channel_.close(ec);
 }
 
 }  // namespace culvert::worker

@@ -19,6 +19,7 @@
 
 #include "shared/ipc/fd_channel.hpp"
 #include "shared/ipc/tunnel_table.hpp"
+#include "shared/ipc/worker_channel.hpp"
 #include "shared/log/rate_limited.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/mux_session.hpp"
@@ -49,14 +50,16 @@ struct worker_options {
 // At most this many TLS handshakes at once; more data connections are dropped.
 inline constexpr unsigned max_tls_handshakes = 32;
 
-// Exit codes (the supervisor reads them).
-inline constexpr int exit_ok = 0;
-inline constexpr int exit_fatal = 78;  // bad arguments or setup: do not respawn
+// Exit codes (the supervisor reads them): shared/ipc/worker_channel.hpp.
+using shared::ipc::worker_channel::exit_fatal;
+using shared::ipc::worker_channel::exit_ok;
 
 class worker {
  public:
   worker(boost::asio::io_context&, worker_options);
   void start();
+  // What main returns once io_context::run() has returned.
+  int exit_code() const { return exit_code_; }
   // The start of the one page of the shared table this worker maps (see sandbox.hpp).
   const void* table_page();
 
@@ -71,6 +74,7 @@ class worker {
   bool relay(boost::asio::ip::tcp::socket& visitor, const std::string& peer);
   void visitor_gone(const std::string& peer);  // a counted visitor's stream ended
   boost::asio::awaitable<void> drain_and_exit();
+  void stop_now(const std::string& reason);
   std::shared_ptr<shared::net::mux_session> least_loaded_session();
   void report_data_connections();
   boost::asio::awaitable<void> tell_supervisor(std::string message);
@@ -93,7 +97,9 @@ class worker {
   std::size_t parked_visitors_ = 0;  // accepted, waiting for a data connection
   source_limit sources_;             // visitors open (or parked) per source address
   shared::log::rate_limited refusal_log_;
-  bool stopping_ = false;
+  bool stopping_ = false;  // no new visitors or data connections
+  bool stopped_ = false;   // everything closed: the event loop runs out of work
+  int exit_code_ = exit_ok;
 };
 
 }  // namespace culvert::worker
