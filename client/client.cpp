@@ -1,6 +1,7 @@
 // Client logic: control session with reconnect and reclaim, data connections, local dialling.
 #include "client/client.hpp"
 
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -55,6 +56,17 @@ std::string server_text(const std::optional<proto::error_message>& e) {
   return e ? shared::log::printable(e->message, 512) : std::string("malformed ERROR frame");
 }
 
+// A control link or multiplexer stays alive while any of its coroutines runs (each holds a
+// shared_ptr to it): its lease goes back when the last of them has ended and the object is gone.
+template <typename T, typename... Args>
+std::shared_ptr<T> make_held(pending_work::lease lease, Args&&... args) {
+  return std::shared_ptr<T>(new T(std::forward<Args>(args)...),
+                            [held = std::move(lease)](T* p) mutable {
+                              delete p;
+                              held.release();
+                            });
+}
+
 std::string state_key(const client_options& o) {
   return o.server + "|" + (o.kind == proto::tunnel_kind::tcp ? "tcp" : "http") + "|" +
          o.local_address() + "|" + o.subdomain;
@@ -68,7 +80,9 @@ client::client(asio::io_context& io, client_options options, std::ostream& out)
       out_(out),
       state_(options_.state_dir, state_key(options_)),
       control_lost_(io),
-      reopen_(io) {
+      reopen_(io),
+      stopped_(io, asio::steady_timer::time_point::max()),
+      deadline_(io) {
   auto where = shared::net::parse_host_port(options_.server);
   server_host_ = where ? where->host : options_.server;
   server_port_ = where ? where->port : 0;
@@ -80,35 +94,80 @@ client::client(asio::io_context& io, client_options options, std::ostream& out)
   }
 }
 
-void client::start() {
-  spawn(io_, run(), "client");
+client::~client() {
+  work_.when_empty(nullptr);  // leases may outlive us (forced stage): they must not call back
+}
+
+void client::start(std::function<void()> on_stop) {
+  on_stop_ = std::move(on_stop);
+  spawn(io_, run(work_.hold("control session")), "client");
 }
 
 void client::stop() {
   if (stopping_) return;
   stopping_ = true;
+  spdlog::debug("stopping");
+  deadline_.expires_after(stop_deadline);
+  deadline_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) on_deadline();
+  });
+  stopped_.expires_at(asio::steady_timer::time_point::min());  // every unless_stopped returns
   if (control_) control_->close("client stopping");
-  close_sessions();
+  close_sessions("client stopping");
   control_lost_.cancel();
   reopen_.cancel();
+  if (auto hook = std::move(on_stop_)) hook();
+  // Nothing else keeps the io_context running once the work is done.
+  work_.when_empty([this] {
+    spdlog::debug("stopped: everything the client started has finished");
+    deadline_.cancel();
+  });
+}
+
+void client::on_deadline() {
+  forced_ = true;
+  work_.when_empty(nullptr);
+  std::string left;
+  for (const auto& what : work_.names()) left += (left.empty() ? "" : ", ") + what;
+  if (left.empty()) left = "nothing the client started (a handler queued elsewhere)";
+  spdlog::warn("still running {} s after the stop began: {}; stopping the event loop",
+               stop_deadline.count(), left);
   io_.stop();
 }
 
 void client::finish(int code) {
+  if (stopping_) return;  // a stop (Ctrl-C) came first: its exit code stands
   exit_code_ = code;
   stop();
 }
 
-void client::close_sessions() {
-  for (auto& s : std::vector(sessions_)) s->close("tunnel closed");
+void client::close_sessions(const std::string& reason) {
+  for (auto& s : std::vector(sessions_)) s->close(reason);
   sessions_.clear();
 }
 
 asio::awaitable<void> client::pause(std::chrono::milliseconds how_long) {
-  if (how_long.count() == 0) co_return;
+  if (how_long.count() == 0 || stopping_) co_return;
   asio::steady_timer timer(io_, how_long);
-  // REOPEN cancels reopen_, which cuts every pending back-off short at once.
-  co_await (timer.async_wait(use_tuple) || reopen_.async_wait(use_tuple));
+  // REOPEN cancels reopen_, which cuts every pending back-off short at once; stop() too.
+  co_await (timer.async_wait(use_tuple) || reopen_.async_wait(use_tuple) ||
+            stopped_.async_wait(use_tuple));
+}
+
+namespace {
+template <typename T>
+asio::awaitable<std::optional<T>> as_optional(asio::awaitable<T> work) {
+  co_return co_await std::move(work);
+}
+}  // namespace
+
+template <typename T>
+asio::awaitable<std::optional<T>> client::unless_stopped(asio::awaitable<T> work) {
+  if (stopping_) co_return std::nullopt;
+  // Through as_optional: Asio flattens `variant<A, B> || C` (a read_result) into variant<A, B, C>.
+  auto outcome = co_await (as_optional(std::move(work)) || stopped_.async_wait(use_tuple));
+  if (auto* done = std::get_if<0>(&outcome)) co_return std::move(*done);
+  co_return std::nullopt;
 }
 
 asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string& host,
@@ -121,6 +180,7 @@ asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string
   if (!literal_ec) {
     endpoints.emplace_back(literal, port);
   } else {
+    // Not raced against stop(): Asio cannot cancel a lookup (getaddrinfo on its own thread).
     tcp::resolver resolver(io_);
     auto [rec, found] = co_await resolver.async_resolve(host, std::to_string(port), use_tuple);
     if (rec) {
@@ -129,12 +189,14 @@ asio::awaitable<std::optional<tcp::socket>> client::connect_to(const std::string
     }
     for (const auto& entry : found) endpoints.push_back(entry.endpoint());
   }
+  if (stopping_) co_return std::nullopt;
   tcp::socket socket(io_);
   asio::steady_timer timer(io_, options_.connect_timeout);
-  auto outcome =
-      co_await (asio::async_connect(socket, endpoints, use_tuple) || timer.async_wait(use_tuple));
-  if (outcome.index() == 1) {
-    spdlog::debug("connecting to {}:{}: timed out", host, port);
+  auto outcome = co_await (asio::async_connect(socket, endpoints, use_tuple) ||
+                           timer.async_wait(use_tuple) || stopped_.async_wait(use_tuple));
+  if (outcome.index() != 0) {
+    spdlog::debug("connecting to {}:{}: {}", host, port,
+                  outcome.index() == 1 ? "timed out" : "stopping");
     co_return std::nullopt;
   }
   auto [ec, endpoint] = std::get<0>(outcome);
@@ -156,7 +218,7 @@ bool client::reaches_loopback(const tcp::socket& socket) const {
   return false;
 }
 
-asio::awaitable<void> client::run() {
+asio::awaitable<void> client::run(pending_work::lease) {
   bool first = true;
   unsigned failures = 0;
   while (!stopping_) {
@@ -173,8 +235,11 @@ asio::awaitable<void> client::run() {
   }
 }
 
+// After each wait, `stopping_` is looked at before anything else: a wait that stop() cut short
+// failed for that reason alone, not for one to print or retry.
 asio::awaitable<bool> client::control_session(bool first) {
   auto socket = co_await connect_to(server_host_, server_port_);
+  if (stopping_) co_return false;
   if (socket && !reaches_loopback(*socket)) {
     std::cerr << "culvert: " << options_.server
               << " now leads off this machine; clear text was chosen because it resolved to "
@@ -195,8 +260,10 @@ asio::awaitable<bool> client::control_session(bool first) {
                              : shared::net::transport(std::move(*socket));
   if (options_.tls) {
     shared::tls::expect_server_name(stream.native_tls(), server_host_);
-    if (auto ec =
-            co_await stream.handshake(asio::ssl::stream_base::client, options_.connect_timeout)) {
+    auto shaken = co_await unless_stopped(
+        stream.handshake(asio::ssl::stream_base::client, options_.connect_timeout));
+    if (!shaken) co_return false;
+    if (auto ec = *shaken) {
       if (auto problem = stream.certificate_problem(); !problem.empty()) {
         std::cerr << "culvert: refusing the server at " << options_.server
                   << ": its certificate does not check out: " << problem
@@ -227,7 +294,7 @@ asio::awaitable<bool> client::control_session(bool first) {
   } else if (auto saved = state_.load()) {
     init.reclaim = proto::reclaim_request{saved->tunnel_id, saved->secret};
   }
-  if (auto ec = co_await proto::write_frame(stream, proto::encode(init))) co_return true;
+  if (auto ec = co_await proto::write_frame(stream, proto::encode(init))) co_return !stopping_;
   asio::steady_timer slow_answer(io_, options_.connect_timeout);
   slow_answer.async_wait([server = options_.server](boost::system::error_code ec) {
     if (!ec)
@@ -236,12 +303,13 @@ asio::awaitable<bool> client::control_session(bool first) {
           "minute after repeated ones; waiting for its answer",
           server);
   });
-  auto reply = co_await proto::read_frame(stream, init_reply_timeout);
+  auto reply = co_await unless_stopped(proto::read_frame(stream, init_reply_timeout));
   slow_answer.cancel();
-  auto* f = std::get_if<proto::frame>(&reply);
+  if (!reply || stopping_) co_return false;
+  auto* f = std::get_if<proto::frame>(&*reply);
   if (!f) {
     spdlog::warn("handshake with {} failed: {}", options_.server,
-                 std::get<proto::read_failure>(reply).what);
+                 std::get<proto::read_failure>(*reply).what);
     co_return true;
   }
   if (f->header.type == proto::frame_type::error) {
@@ -270,18 +338,21 @@ asio::awaitable<bool> client::control_session(bool first) {
     co_return false;
   }
   if (auto ec = co_await proto::write_frame(stream, proto::encode_empty(proto::frame_type::ack)))
-    co_return true;
+    co_return !stopping_;
+  if (stopping_) co_return false;
 
   const bool same_tunnel = tunnel_ && tunnel_->offer.tunnel_id == offer->tunnel_id;
   if (!same_tunnel) {
-    close_sessions();  // they belong to a tunnel that no longer exists
+    close_sessions("tunnel closed");  // they belong to a tunnel that no longer exists
     tunnel_ = tunnel_info{
         *offer, ++generation_,
         options_.tls ? shared::tls::derive_data_psk(offer->secret) : shared::tls::psk_bytes{}};
     state_.save(saved_tunnel{offer->tunnel_id, offer->secret, offer->domain});
     out_ << "Forwarding " << offer->public_url << " -> " << options_.local_address() << std::endl;
     for (unsigned i = 0; i < std::max<unsigned>(1, offer->data_connections); ++i)
-      spawn(io_, data_loop(tunnel_->generation, i), "data connection");
+      spawn(io_,
+            data_loop(tunnel_->generation, i, work_.hold(fmt::format("data connection {}", i))),
+            "data connection");
   } else {
     spdlog::info("reconnected; {} is still ours", offer->public_url);
     reopen_.cancel();  // any data connection waiting to retry may go now
@@ -289,8 +360,8 @@ asio::awaitable<bool> client::control_session(bool first) {
 
   control_lost_.expires_at(asio::steady_timer::time_point::max());
   const auto interval = std::chrono::seconds(std::max<int>(1, offer->heartbeat_interval_s));
-  auto link = std::make_shared<proto::control_link>(std::move(stream), interval, interval * 6,
-                                                    proto::control_link::hooks{});
+  auto link = make_held<proto::control_link>(work_.hold("control link"), std::move(stream),
+                                             interval, interval * 6, proto::control_link::hooks{});
   proto::control_link::hooks hooks;
   hooks.on_frame = [this](proto::frame&& frame) {
     if (frame.header.type == proto::frame_type::reopen) {
@@ -312,15 +383,17 @@ asio::awaitable<bool> client::control_session(bool first) {
   co_return true;
 }
 
-asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index) {
+asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index,
+                                        pending_work::lease) {
   unsigned failures = 0;
   auto current = [&] { return !stopping_ && tunnel_ && tunnel_->generation == generation; };
   while (current()) {
     co_await pause(backoff(failures));
     if (!current()) co_return;
     ++failures;
-    auto stream = co_await open_data_connection(*tunnel_, index);
-    if (!stream || !current()) continue;
+    auto opened = co_await unless_stopped(open_data_connection(*tunnel_, index));
+    if (!opened || !*opened || !current()) continue;
+    auto& stream = **opened;
 
     asio::steady_timer closed(io_, asio::steady_timer::time_point::max());
     shared::net::mux_hooks hooks;
@@ -344,9 +417,9 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
     shared::net::mux_settings settings;
     settings.stream_idle_timeout = options_.stream_idle_timeout;
     settings.max_dials = options_.max_dials;
-    auto session = std::make_shared<shared::net::mux_session>(
-        std::move(*stream), shared::net::mux_session::role::client, settings, std::move(hooks),
-        pool_);
+    auto session = make_held<shared::net::mux_session>(
+        work_.hold(fmt::format("data connection {}'s multiplexer", index)), std::move(stream),
+        shared::net::mux_session::role::client, settings, std::move(hooks), pool_);
     sessions_.push_back(session);
     session->start();
     spdlog::debug("data connection {} ready", index);
@@ -375,6 +448,7 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
     stream.emplace(std::move(clear.socket()), *data_tls_);
     shared::tls::offer_psk(stream->native_tls(), tunnel.offer.tunnel_id, tunnel.data_key);
     if (auto ec = co_await stream->handshake(asio::ssl::stream_base::client, data_ready_timeout)) {
+      if (stopping_) co_return std::nullopt;  // stop() cancelled it (unless_stopped)
       spdlog::warn("data connection {}: TLS handshake failed: {}", index,
                    shared::net::describe_tls_error(ec));
       co_return std::nullopt;
@@ -388,7 +462,7 @@ asio::awaitable<std::optional<shared::net::transport>> client::open_data_connect
   }
   auto reply = co_await proto::read_frame(*stream, data_ready_timeout);
   auto* f = std::get_if<proto::frame>(&reply);
-  if (!f) co_return std::nullopt;
+  if (!f || stopping_) co_return std::nullopt;
   if (f->header.type == proto::frame_type::error) {
     spdlog::warn("data connection {} refused: {}", index,
                  server_text(proto::decode_error_message(f->payload)));

@@ -1,16 +1,28 @@
 // culvert: the developer's CLI (`culvert http 3000`, `culvert tcp HOST:PORT`).
 // Thin: parses arguments, sets up logging and signals, runs the client's io_context.
+// Invariant: main returns (no std::exit), and the client is destroyed before the io_context it
+// uses, after run() has returned: for lack of work once the client stopped everything it started,
+// or because its forced stage stopped the loop (then the frames left in it go first).
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
-#include <cstdlib>
 #include <iostream>
 #include <optional>
 
 #include "client/client.hpp"
 #include "shared/log/log.hpp"
+
+namespace {
+// An io_context whose queued handlers can be destroyed on demand, before the objects they point
+// into (execution_context::shutdown is protected; ~io_context calls it again, which is harmless).
+class event_loop : public boost::asio::io_context {
+ public:
+  using io_context::io_context;
+  using io_context::shutdown;
+};
+}  // namespace
 
 int main(int argc, char** argv) {
   namespace c = culvert::client;
@@ -25,7 +37,7 @@ int main(int argc, char** argv) {
   if (parsed.options->insecure)
     std::cerr << "culvert: WARNING: --insecure: the server's certificate is NOT checked; anyone on "
                  "the path can impersonate the server and read or change this tunnel's traffic\n";
-  boost::asio::io_context io(1);
+  event_loop io(1);
   std::optional<c::client> maybe_client;
   try {
     maybe_client.emplace(io, *parsed.options, std::cout);
@@ -38,10 +50,10 @@ int main(int argc, char** argv) {
   signals.async_wait([&](boost::system::error_code ec, int) {
     if (!ec) client.stop();
   });
-  client.start();
+  client.start([&signals] { signals.cancel(); });  // also when a refusal ends the client
   io.run();
-  // Leave without running local destructors: the io_context would destroy its pending coroutine
-  // frames after the client they point into. The kernel closes every descriptor.
+  // Forced stage: coroutine frames that point into the client still wait in the io_context.
+  if (client.forced()) io.shutdown();
   std::cout.flush();
-  std::exit(client.exit_code());
+  return client.exit_code();
 }

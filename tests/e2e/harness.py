@@ -401,3 +401,26 @@ def run_test(main):
         print(f"FAIL after {time.monotonic() - started:.1f} s")
         sys.exit(1)
     print(f"PASS in {time.monotonic() - started:.1f} s")
+
+
+SANITIZED = os.environ.get("CULVERT_SANITIZED") == "1"  # an ASan/UBSan build: 2-4x slower
+
+
+def wait_exit(process, timeout):
+    """Waits for a started program to exit and returns its exit code; fails the test if it is
+    still running after `timeout` seconds (it is killed then)."""
+    try:
+        return process.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.popen.kill()
+        process.popen.wait()
+        raise AssertionError(f"{process.name} still running after {timeout} s")
+
+
+def signal_and_wait(process, sig, timeout):
+    """Sends `sig` to a started program and waits for it to exit (wait_exit). Returns (exit code,
+    seconds from the signal to the exit)."""
+    started = time.monotonic()
+    process.signal(sig)
+    code = wait_exit(process, timeout)
+    return code, time.monotonic() - started
