@@ -42,9 +42,21 @@ constexpr std::size_t read_buffer_size = proto::header_size + buffer_pool::chunk
 constexpr std::size_t max_gather_frames = 64;
 constexpr std::size_t max_gather_bytes = 1024 * 1024;
 constexpr std::int64_t max_credit = 0x7fffffff;
+// Flood limits: cheap frames a peer may send per window of arrival times (note_frame_arrival).
+constexpr std::chrono::seconds flood_window{1};
 constexpr std::uint32_t max_pings_per_second = 50;
 constexpr std::uint32_t max_stale_frames_per_second = 10000;
+// The visitor's address an OPEN carries, at most (after its length byte).
 constexpr std::size_t max_peer_text = 63;
+// Once the highest stream id opened reaches this, the session opens no more streams: the worker
+// puts its visitors on another data connection (docs/protocol.md, section 6.2).
+constexpr std::uint32_t stream_ids_exhausted = 0xfffffff0u;
+// The code of every RESET sent (docs/protocol.md: senders write 1, receivers ignore it).
+constexpr std::uint32_t reset_code = 1;
+// A PING echo older than this (or from a clock that went back) is no round-trip sample.
+constexpr std::uint64_t max_echo_age_ns = 60'000'000'000ULL;
+// A write to a stream's socket gathers at most this many chunks (1 MiB of 64 KiB chunks).
+constexpr std::size_t max_gather_chunks = 16;
 // Auto-tuning (window_limits): a delivery-rate sample lasts at least this long, longer than the
 // bursts a busy scheduler makes; the minimum round trip is kept this long (six keepalives).
 constexpr std::chrono::milliseconds min_rate_sample{2};
@@ -191,7 +203,7 @@ bool mux_session::open_stream(tcp::socket visitor, std::string peer) {
   if (!open_ || role_ != role::server || streams_.size() >= settings_.max_streams) return false;
   // Past the buffer budget a new stream's initial window would be memory on top of it.
   if (pool_.over_budget()) return false;
-  if (last_stream_id_ >= 0xfffffff0u) return false;  // ids exhausted: the worker uses another
+  if (last_stream_id_ >= stream_ids_exhausted) return false;
   const std::uint32_t id = last_stream_id_ == 0 ? 1 : last_stream_id_ + 2;  // server ids are odd
   last_stream_id_ = id;
   auto s = std::make_shared<stream>(id, std::move(visitor), settings_);
@@ -333,7 +345,7 @@ bool mux_session::parse_buffered() {
 
 // Flood limits count per second of arrival (the time of the read that brought the frame).
 void mux_session::note_frame_arrival() {
-  if (last_received_ - flood_window_start_ >= std::chrono::seconds(1)) {
+  if (last_received_ - flood_window_start_ >= flood_window) {
     flood_window_start_ = last_received_;
     pings_in_window_ = 0;
     stale_frames_in_window_ = 0;
@@ -387,7 +399,7 @@ bool mux_session::handle_open(std::uint32_t id, std::span<const std::uint8_t> pa
                                                                  : nullptr;
   if (refusal) {
     std::uint8_t code[4];
-    proto::store_u32(code, 1);
+    proto::store_u32(code, reset_code);
     queue_control(proto::frame_type::reset, 0, id, code);
     if (refusal_log_.allow())
       spdlog::warn("data connection: stream refused: {} ({} more refused before this)", refusal,
@@ -636,7 +648,7 @@ void mux_session::handle_ping(const proto::frame_header& h, std::span<const std:
   if (h.flags & proto::flags::ack) {
     const std::uint64_t sent = proto::load_u64(payload.data());
     const std::uint64_t current = now_ns();
-    if (sent <= current && current - sent < 60'000'000'000ULL) {
+    if (sent <= current && current - sent < max_echo_age_ns) {
       auto sample = std::chrono::microseconds((current - sent) / 1000);
       rtt_ = rtt_.count() == 0 ? sample : (rtt_ * 7 + sample) / 8;
       // The minimum is the path's own delay; it expires so that a lengthened path is seen.
@@ -1014,7 +1026,7 @@ void mux_session::gather_pending(const stream& s, std::vector<asio::const_buffer
   for (auto& p : s.pending) {
     if (!p.data) break;  // waits in the pipe: peer_to_socket splices it when it comes first
     buffers.emplace_back(p.data.get() + p.begin, p.end - p.begin);
-    if (buffers.size() == 16) break;
+    if (buffers.size() == max_gather_chunks) break;
   }
 }
 
@@ -1127,7 +1139,7 @@ void mux_session::reset_stream(const stream_ptr& s, const std::string& reason, b
   if (s->closed) return;
   if (tell_peer) {
     std::uint8_t code[4];
-    proto::store_u32(code, 1);
+    proto::store_u32(code, reset_code);
     queue_control(proto::frame_type::reset, 0, s->id, code);
   }
   s->aborted = true;

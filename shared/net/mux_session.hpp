@@ -28,11 +28,17 @@
 
 namespace culvert::shared::net {
 
+// Compiled keepalive defaults (docs/protocol.md, section 6.5): the client runs with them; the
+// worker is given the supervisor's heartbeat settings instead.
+inline constexpr std::chrono::milliseconds default_keepalive_interval{5000};
+inline constexpr std::chrono::milliseconds default_idle_timeout{30000};
+
 struct mux_settings {
   std::uint32_t initial_window = 256 * 1024;    // per stream and direction, in bytes
   std::uint32_t max_window = 16 * 1024 * 1024;  // auto-tuning cap (bandwidth-delay product)
-  std::chrono::milliseconds keepalive_interval{5000};
-  std::chrono::milliseconds idle_timeout{30000};  // silence (no frame at all) that ends a session
+  std::chrono::milliseconds keepalive_interval = default_keepalive_interval;
+  // Silence (no frame at all) that ends a session.
+  std::chrono::milliseconds idle_timeout = default_idle_timeout;
   std::size_t max_streams = 16384;
   std::size_t chunks_in_flight = 2;  // per stream, socket -> connection direction
   // A stream with no byte moved either way for this long is reset (zero: never). Long, because
