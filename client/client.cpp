@@ -346,7 +346,7 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
     settings.max_dials = options_.max_dials;
     auto session = std::make_shared<shared::net::mux_session>(
         std::move(*stream), shared::net::mux_session::role::client, settings, std::move(hooks),
-        pool_);
+        pool_, windows_);
     sessions_.push_back(session);
     session->start();
     spdlog::debug("data connection {} ready", index);

@@ -57,9 +57,8 @@ constexpr std::uint32_t reset_code = 1;
 constexpr std::uint64_t max_echo_age_ns = 60'000'000'000ULL;
 // A write to a stream's socket gathers at most this many chunks (1 MiB of 64 KiB chunks).
 constexpr std::size_t max_gather_chunks = 16;
-// Auto-tuning (window_limits): a delivery-rate sample lasts at least this long, longer than the
-// bursts a busy scheduler makes; the minimum round trip is kept this long (six keepalives).
-constexpr std::chrono::milliseconds min_rate_sample{2};
+// The minimum round trip (what window auto-tuning multiplies by) is kept this long (six
+// keepalives), so that a lengthened path is seen.
 constexpr std::chrono::seconds min_rtt_lifetime{30};
 // A read this large marks a stream as bulk: its next reads splice (clear text only). Smaller
 // reads copy, which costs fewer system calls for a request or a keystroke.
@@ -68,11 +67,6 @@ constexpr std::size_t bulk_read_bytes = 32 * 1024;
 // 1 MiB): frames as large as the protocol allows, two of them queued, so the writer always has
 // the next frame while the stream reads. Fewer, larger frames mean fewer system calls per byte.
 constexpr std::size_t max_spliced_in_flight = 2 * proto::max_data_payload;
-
-// Window growth beyond the initial size, summed over every stream of this process: auto-tuning
-// stops here, so memory stays bounded however many streams are busy.
-constexpr std::size_t window_growth_budget = 256 * 1024 * 1024;
-std::size_t window_growth_used = 0;
 
 std::uint64_t now_ns() {
   return std::uint64_t(
@@ -101,7 +95,7 @@ struct mux_session::stream {
         socket(std::move(s)),
         send_credit(settings.initial_window),
         recv_credit(settings.initial_window),
-        recv_window(settings.initial_window),
+        window(settings.initial_window, opened),
         from_socket_wake(socket.get_executor()) {}
 
   struct pending_bytes {
@@ -141,12 +135,8 @@ struct mux_session::stream {
   std::uint32_t rx_pipe_bytes = 0;
   bool socket_writer_running = false;  // peer_to_socket runs only while bytes or a FIN wait
   std::int64_t recv_credit;
-  std::uint32_t recv_window;
+  stream_window window;  // the receive window and its auto-tuning sample (tuner_)
   std::uint32_t unacked = 0;
-  // Auto-tuning's delivery-rate sample: bytes written to the socket since rate_sample_start.
-  clock_type::time_point rate_sample_start = clock_type::now();
-  std::uint64_t rate_sample_bytes = 0;
-  bool backlogged = false;  // since rate_sample_start, bytes had to wait for the socket
   bool peer_fin = false;
   bool socket_shut = false;
 
@@ -170,12 +160,13 @@ asio::awaitable<void> mux_session::wait_until_closed(stream_ptr s) {
 }
 
 mux_session::mux_session(transport connection, role r, mux_settings settings, mux_hooks hooks,
-                         buffer_pool& pool)
+                         buffer_pool& pool, window_budget& windows)
     : connection_(std::move(connection)),
       role_(r),
       settings_(settings),
       hooks_(std::move(hooks)),
       pool_(pool),
+      tuner_(settings.initial_window, settings.max_window, windows),
       writer_wake_(connection_.get_executor()),
       keepalive_timer_(connection_.get_executor()),
       stream_idle_timer_(connection_.get_executor()),
@@ -568,7 +559,7 @@ asio::awaitable<bool> mux_session::splice_incoming() {
   // Bytes queued ahead mean the socket writer is already waiting for room.
   if (!s->socket_writer_running && !s->pending.front().data) drain_rx_pipe(s);
   if (!s->pending.empty()) {
-    s->backlogged = true;
+    s->window.backlog();
     start_socket_writer(s);
   }
   if (incoming_.left == 0) end_incoming();
@@ -1071,7 +1062,7 @@ void mux_session::queue_fin(const stream_ptr& s) {
 }
 
 void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> bytes) {
-  s.backlogged = true;
+  s.window.backlog();
   while (!bytes.empty()) {
     if (s.pending.empty() || !s.pending.back().data ||
         s.pending.back().end == buffer_pool::chunk_size)
@@ -1087,48 +1078,29 @@ void mux_session::buffer_for_socket(stream& s, std::span<const std::uint8_t> byt
 void mux_session::credit_consumed(stream& s, std::size_t bytes) {
   if (s.peer_fin || s.closed) return;  // nothing more will come: no credit needed
   s.unacked += std::uint32_t(bytes);
-  s.rate_sample_bytes += bytes;
-  if (s.unacked < s.recv_window / 4) return;
+  s.window.delivered(bytes);
+  if (s.unacked < s.window.size / 4) return;
   // Past the buffer budget a stream with bytes still waiting for its socket gets no more credit
   // (nor a larger window) until they are written: the write that empties it grants it all, so
   // the credit is only delayed, never lost.
   const bool over_budget = pool_.over_budget();
   if (over_budget && !s.pending.empty()) return;
   std::uint32_t increment = s.unacked;
-  if (!over_budget && window_limits(s) && s.recv_window < settings_.max_window &&
-      window_growth_used + s.recv_window <= window_growth_budget) {
-    window_growth_used += s.recv_window;
-    increment += s.recv_window;
-    s.recv_window *= 2;
-    stats_.largest_window = std::max(stats_.largest_window, s.recv_window);
+  // Auto-tuning ends a delivery-rate sample here once it is long enough (no round trip measured
+  // yet: nothing to judge, and no clock to read).
+  if (!over_budget && min_rtt_.count() > 0) {
+    const auto tuned = tuner_.end_sample(s.window, min_rtt_, !s.pending.empty(), clock_type::now());
+    if (tuned.sampled) ++stats_.window_samples;
+    if (tuned.growth > 0) {
+      increment += tuned.growth;
+      stats_.largest_window = std::max(stats_.largest_window, s.window.size);
+    }
   }
   s.recv_credit += increment;
   s.unacked = 0;
   std::uint8_t payload[4];
   proto::store_u32(payload, increment);
   queue_control(proto::frame_type::window, 0, s.id, payload);
-}
-
-bool mux_session::window_limits(stream& s) {
-  // Auto-tuning, after BBR's delivery-rate estimate: bytes delivered over a sample of at least one
-  // minimum round trip, times that round trip, estimate the bandwidth-delay product. A window under
-  // twice the estimate limits the stream, and doubles (towards the product, within the caps).
-  // Not a shorter sample: on a busy host, bytes queued in the kernel while this process waited for
-  // a core pour in as a burst that looks like a fast link, and a window grown on that overflows
-  // the splice pipe into copies. Bytes that waited for the local socket mean the local reader is
-  // the limit instead: a larger window would only queue more here.
-  if (min_rtt_.count() == 0) return false;  // no round trip measured yet
-  const auto now = clock_type::now();
-  const auto elapsed = now - s.rate_sample_start;
-  if (elapsed < std::max<clock_type::duration>(min_rtt_, min_rate_sample)) return false;
-  const double estimate =
-      double(s.rate_sample_bytes) * double(min_rtt_.count()) /
-      double(std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
-  const bool limits = !s.backlogged && 2 * estimate >= double(s.recv_window);
-  s.rate_sample_start = now;
-  s.rate_sample_bytes = 0;
-  s.backlogged = !s.pending.empty();
-  return limits;
 }
 
 void mux_session::finish_if_done(const stream_ptr& s) {
@@ -1156,7 +1128,7 @@ void mux_session::remove_stream(const stream_ptr& s, bool abnormal, const std::s
   for (auto& p : s->pending) pool_.give(std::move(p.data));
   s->pending.clear();
   s->from_socket_wake.cancel();
-  window_growth_used -= s->recv_window - settings_.initial_window;
+  tuner_.release(s->window);
   streams_.erase(s->id);
   if (s->observer) s->observer->on_end(abnormal);
   if (hooks_.on_stream_closed) {

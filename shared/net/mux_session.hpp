@@ -24,6 +24,7 @@
 #include "shared/log/rate_limited.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/transport.hpp"
+#include "shared/net/window_tuner.hpp"
 #include "shared/protocol/frame.hpp"
 
 namespace culvert::shared::net {
@@ -85,13 +86,16 @@ struct relay_stats {
   std::uint64_t pipe_overflows = 0;     // a stream's pipe was full: the rest of a frame was copied
   std::uint32_t largest_data_sent = 0;  // payload bytes of the largest DATA frame queued
   std::uint32_t largest_window = 0;     // the largest receive window auto-tuning gave a stream
+  std::uint64_t window_samples = 0;     // delivery-rate samples auto-tuning judged (any stream)
 };
 
 class mux_session : public std::enable_shared_from_this<mux_session> {
  public:
   enum class role { server, client };
 
-  mux_session(transport connection, role, mux_settings, mux_hooks, buffer_pool&);
+  // `pool` and `windows` serve every session of the process: they outlive it and its streams.
+  mux_session(transport connection, role, mux_settings, mux_hooks, buffer_pool& pool,
+              window_budget& windows);
   ~mux_session();
 
   // Starts reading, writing and keepalives. Call once, on the io_context thread.
@@ -151,7 +155,6 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
                      std::span<const std::uint8_t> payload, bool wake = true);
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
   void credit_consumed(stream&, std::size_t bytes);
-  bool window_limits(stream&);  // ends a delivery-rate sample once it is long enough
   void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
   void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
   void pending_written(stream&, std::size_t bytes);
@@ -169,6 +172,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   mux_settings settings_;
   mux_hooks hooks_;
   buffer_pool& pool_;
+  window_tuner tuner_;  // every stream's receive window, within the process's window_budget
   bool open_ = true;
   std::string close_reason_;
 
