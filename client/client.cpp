@@ -419,7 +419,7 @@ asio::awaitable<void> client::data_loop(std::uint64_t generation, unsigned index
     settings.max_dials = options_.max_dials;
     auto session = make_held<shared::net::mux_session>(
         work_.hold(fmt::format("data connection {}'s multiplexer", index)), std::move(stream),
-        shared::net::mux_session::role::client, settings, std::move(hooks), pool_);
+        shared::net::mux_session::role::client, settings, std::move(hooks), pool_, windows_);
     sessions_.push_back(session);
     session->start();
     spdlog::debug("data connection {} ready", index);

@@ -95,6 +95,7 @@ class client {
   std::string server_host_;
   std::uint16_t server_port_ = 0;
   shared::net::buffer_pool pool_;
+  shared::net::window_budget windows_;  // window growth of every stream, beside the pool
   std::unique_ptr<boost::asio::ssl::context> control_tls_;  // verifies the server's certificate
   std::unique_ptr<boost::asio::ssl::context> data_tls_;     // PSK for data connections
   std::optional<tunnel_info> tunnel_;

@@ -211,8 +211,9 @@ asio::awaitable<void> worker::adopt(tcp::socket socket, bool tls) {
     report_data_connections();
     if (sessions_.empty()) pool_.trim();  // idle: give the relay buffers back
   };
-  auto session = std::make_shared<net::mux_session>(
-      std::move(connection), net::mux_session::role::server, options_.mux, std::move(hooks), pool_);
+  auto session =
+      std::make_shared<net::mux_session>(std::move(connection), net::mux_session::role::server,
+                                         options_.mux, std::move(hooks), pool_, windows_);
   session->start();
   sessions_.push_back(session);
   spdlog::info("data connection from {} attached ({} now)", peer_text, sessions_.size());

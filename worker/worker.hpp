@@ -85,6 +85,7 @@ class worker {
   boost::asio::ip::tcp::acceptor listener_;
   shared::ipc::slot_counter_writer table_;
   shared::net::buffer_pool pool_;
+  shared::net::window_budget windows_;  // window growth of every stream, beside the pool
   std::vector<std::shared_ptr<shared::net::mux_session>> sessions_;
   boost::asio::steady_timer sessions_changed_;  // never expires; cancel() wakes every waiter
   boost::asio::signal_set signals_;

@@ -44,7 +44,6 @@ class buffer_pool {
     idle_.clear();
     idle_pipes_.clear();
   }
-  std::size_t idle() const { return idle_.size(); }
   std::size_t outstanding() const { return outstanding_; }
   // Chunks handed out so far: unchanged between two looks means nobody relayed in between.
   std::uint64_t takes() const { return takes_; }

@@ -24,15 +24,22 @@
 #include "shared/log/rate_limited.hpp"
 #include "shared/net/buffer_pool.hpp"
 #include "shared/net/transport.hpp"
+#include "shared/net/window_tuner.hpp"
 #include "shared/protocol/frame.hpp"
 
 namespace culvert::shared::net {
 
+// Compiled keepalive defaults (docs/protocol.md, section 6.5): the client runs with them; the
+// worker is given the supervisor's heartbeat settings instead.
+inline constexpr std::chrono::milliseconds default_keepalive_interval{5000};
+inline constexpr std::chrono::milliseconds default_idle_timeout{30000};
+
 struct mux_settings {
   std::uint32_t initial_window = 256 * 1024;    // per stream and direction, in bytes
   std::uint32_t max_window = 16 * 1024 * 1024;  // auto-tuning cap (bandwidth-delay product)
-  std::chrono::milliseconds keepalive_interval{5000};
-  std::chrono::milliseconds idle_timeout{30000};  // silence (no frame at all) that ends a session
+  std::chrono::milliseconds keepalive_interval = default_keepalive_interval;
+  // Silence (no frame at all) that ends a session.
+  std::chrono::milliseconds idle_timeout = default_idle_timeout;
   std::size_t max_streams = 16384;
   std::size_t chunks_in_flight = 2;  // per stream, socket -> connection direction
   // A stream with no byte moved either way for this long is reset (zero: never). Long, because
@@ -79,13 +86,16 @@ struct relay_stats {
   std::uint64_t pipe_overflows = 0;     // a stream's pipe was full: the rest of a frame was copied
   std::uint32_t largest_data_sent = 0;  // payload bytes of the largest DATA frame queued
   std::uint32_t largest_window = 0;     // the largest receive window auto-tuning gave a stream
+  std::uint64_t window_samples = 0;     // delivery-rate samples auto-tuning judged (any stream)
 };
 
 class mux_session : public std::enable_shared_from_this<mux_session> {
  public:
   enum class role { server, client };
 
-  mux_session(transport connection, role, mux_settings, mux_hooks, buffer_pool&);
+  // `pool` and `windows` serve every session of the process: they outlive it and its streams.
+  mux_session(transport connection, role, mux_settings, mux_hooks, buffer_pool& pool,
+              window_budget& windows);
   ~mux_session();
 
   // Starts reading, writing and keepalives. Call once, on the io_context thread.
@@ -109,53 +119,60 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   struct out_frame;
   using stream_ptr = std::shared_ptr<stream>;
 
-  boost::asio::awaitable<void> read_loop();
-  boost::asio::awaitable<void> write_loop();
-  boost::asio::awaitable<void> keepalive_loop();
-  boost::asio::awaitable<void> stream_idle_loop();
-  boost::asio::awaitable<void> socket_to_peer(stream_ptr);
-  boost::asio::awaitable<void> peer_to_socket(stream_ptr);
-  boost::asio::awaitable<void> dial_then_relay(stream_ptr);
-  void start_waiting_dial();
-  boost::asio::awaitable<void> wait_until_closed(stream_ptr);
-  boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
-  boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&);
-
-  // Frame handling (reader side). Return false after a protocol violation (session closed).
-  bool handle_frame(const protocol::frame_header&, std::span<const std::uint8_t> payload);
-  bool handle_open(std::uint32_t id, std::span<const std::uint8_t> payload);
-  bool parse_buffered();
-  void note_frame_arrival();
-  bool begin_incoming(const protocol::frame_header&);
-  void deliver_incoming(std::span<const std::uint8_t> payload);
-  void end_incoming();
-  bool incoming_can_splice();
-  boost::asio::awaitable<bool> splice_incoming();
-  bool drain_rx_pipe(const stream_ptr&);
-  void release_rx_pipe_if_empty(stream&);
-  bool handle_window(std::uint32_t id, std::uint32_t increment);
-  void handle_reset(std::uint32_t id);
-  void handle_ping(const protocol::frame_header&, std::span<const std::uint8_t> payload);
-  void protocol_violation(const std::string& what);
-
+  // Stream life cycle (mux_stream_lifecycle.cpp).
   void start_relays(const stream_ptr&);
   void start_socket_writer(const stream_ptr&);
-  // `wake`: false leaves the writer asleep until the next queued frame or wake_writer().
-  void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
-                     std::span<const std::uint8_t> payload, bool wake = true);
-  void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
-  void credit_consumed(stream&, std::size_t bytes);
-  bool window_limits(stream&);  // ends a delivery-rate sample once it is long enough
-  void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
-  void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
-  void pending_written(stream&, std::size_t bytes);
-  void counted_from_socket(stream&, std::size_t bytes, bool spliced);
-  void counted_to_socket(stream&, std::size_t bytes, bool spliced);
+  bool handle_open(std::uint32_t id, std::span<const std::uint8_t> payload);
+  void start_waiting_dial();
+  boost::asio::awaitable<void> dial_then_relay(stream_ptr);
+  boost::asio::awaitable<void> wait_until_closed(stream_ptr);
   void queue_fin(const stream_ptr&);
   void finish_if_done(const stream_ptr&);
   void reset_stream(const stream_ptr&, const std::string& reason, bool tell_peer);
   void remove_stream(const stream_ptr&, bool abnormal, const std::string& reason);
+  boost::asio::awaitable<void> stream_idle_loop();
+
+  // Frame reader (mux_reader.cpp). Return false after a protocol violation (session closed).
+  boost::asio::awaitable<void> read_loop();
+  bool parse_buffered();
+  void note_frame_arrival();
+  bool handle_frame(const protocol::frame_header&, std::span<const std::uint8_t> payload);
+  bool begin_incoming(const protocol::frame_header&);
+  void end_incoming();
+  bool handle_window(std::uint32_t id, std::uint32_t increment);
+  void handle_reset(std::uint32_t id);
+  void protocol_violation(const std::string& what);
+
+  // Writer (mux_writer.cpp). `wake`: false leaves the writer asleep until the next queued frame
+  // or wake_writer().
   void wake_writer();
+  void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
+                     std::span<const std::uint8_t> payload, bool wake = true);
+  void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
+  boost::asio::awaitable<void> write_loop();
+
+  // A stream's relays and the copying path (mux_relay.cpp).
+  boost::asio::awaitable<void> socket_to_peer(stream_ptr);
+  boost::asio::awaitable<void> peer_to_socket(stream_ptr);
+  void deliver_incoming(std::span<const std::uint8_t> payload);
+  void gather_pending(const stream&, std::vector<boost::asio::const_buffer>&);
+  void pending_written(stream&, std::size_t bytes);
+  void counted_from_socket(stream&, std::size_t bytes, bool spliced);
+  void counted_to_socket(stream&, std::size_t bytes, bool spliced);
+  void buffer_for_socket(stream&, std::span<const std::uint8_t> bytes);
+  void credit_consumed(stream&, std::size_t bytes);
+
+  // The splice paths (mux_splice.cpp).
+  boost::asio::awaitable<bool> splice_from_socket(stream_ptr);
+  boost::asio::awaitable<boost::system::error_code> splice_payload(out_frame&);
+  bool incoming_can_splice();
+  boost::asio::awaitable<bool> splice_incoming();
+  bool drain_rx_pipe(const stream_ptr&);
+  void release_rx_pipe_if_empty(stream&);
+
+  // Keepalive, RTT and idle memory (mux_keepalive.cpp).
+  boost::asio::awaitable<void> keepalive_loop();
+  void handle_ping(const protocol::frame_header&, std::span<const std::uint8_t> payload);
   void release_idle_memory();
 
   transport connection_;
@@ -163,6 +180,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   mux_settings settings_;
   mux_hooks hooks_;
   buffer_pool& pool_;
+  window_tuner tuner_;  // every stream's receive window, within the process's window_budget
   bool open_ = true;
   std::string close_reason_;
 

@@ -65,8 +65,4 @@ ssize_t splice_pipe::drain_to(int socket, std::size_t max) {
   return ::splice(read_end_, nullptr, socket, nullptr, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 }
 
-ssize_t splice_pipe::take_back(void* into, std::size_t max) {
-  return ::read(read_end_, into, max);
-}
-
 }  // namespace culvert::shared::net

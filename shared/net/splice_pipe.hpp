@@ -33,8 +33,6 @@ class splice_pipe {
   // Up to `max` bytes of the pipe into the socket: bytes moved or -1 with errno (EAGAIN: the
   // socket is full).
   ssize_t drain_to(int socket, std::size_t max);
-  // Copies bytes out of the pipe (for what a full socket could not take): count or -1.
-  ssize_t take_back(void* into, std::size_t max);
 
  private:
   splice_pipe(int read_end, int write_end) : read_end_(read_end), write_end_(write_end) {}

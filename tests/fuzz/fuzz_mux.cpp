@@ -86,6 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   {
     net::buffer_pool pool;  // outlives the io_context: sessions return chunks while dying
+    net::window_budget windows;
     asio::io_context io;
     auto pair = loopback_pair(io);  // no structured binding: clang 14 cannot capture one
     tcp::socket& ours = pair.first;
@@ -112,7 +113,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto session = std::make_shared<net::mux_session>(
         net::transport(std::move(ours)),
         client ? net::mux_session::role::client : net::mux_session::role::server, settings,
-        std::move(hooks), pool);
+        std::move(hooks), pool, windows);
     session->start();
 
     std::optional<tcp::socket> visitor;

@@ -84,11 +84,12 @@ struct client_under_test {
 };
 
 client_under_test start_client(asio::io_context& io, net::buffer_pool& pool,
-                               net::mux_settings settings, net::mux_hooks hooks) {
+                               net::window_budget& windows, net::mux_settings settings,
+                               net::mux_hooks hooks) {
   auto [ours, theirs] = loopback_pair(io);
   auto session = std::make_shared<net::mux_session>(net::transport(std::move(ours)),
                                                     net::mux_session::role::client, settings,
-                                                    std::move(hooks), pool);
+                                                    std::move(hooks), pool, windows);
   session->start();
   return {io, std::move(theirs), session};
 }
@@ -114,10 +115,11 @@ asio::awaitable<void> collect_resets(tcp::socket& s, std::set<std::uint32_t>& re
 TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
   asio::io_context io;
   net::buffer_pool pool;
+  net::window_budget windows;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
-  auto c = start_client(io, pool, {}, std::move(hooks));
+  auto c = start_client(io, pool, windows, {}, std::move(hooks));
   bool dialling = false, cancelled = false;
   asio::co_spawn(
       io,
@@ -143,12 +145,13 @@ TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is neve
           "[mux][limits]") {
   asio::io_context io;
   net::buffer_pool pool;
+  net::window_budget windows;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
   net::mux_settings settings;
   settings.max_dials = 3;
-  auto c = start_client(io, pool, settings, std::move(hooks));
+  auto c = start_client(io, pool, windows, settings, std::move(hooks));
   std::set<std::uint32_t> resets;
   bool capped = false, next_dialled = false, skipped = false;
   asio::co_spawn(io, collect_resets(c.peer, resets), asio::detached);
@@ -185,6 +188,7 @@ TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is neve
 TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "[mux][limits]") {
   asio::io_context io;
   net::buffer_pool pool;
+  net::window_budget windows;
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   // An echo service.
   asio::co_spawn(
@@ -219,10 +223,10 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
   auto [worker_end, client_end] = loopback_pair(io);
   auto server = std::make_shared<net::mux_session>(net::transport(std::move(worker_end)),
                                                    net::mux_session::role::server, settings,
-                                                   net::mux_hooks{}, pool);
+                                                   net::mux_hooks{}, pool, windows);
   auto client = std::make_shared<net::mux_session>(net::transport(std::move(client_end)),
                                                    net::mux_session::role::client, settings,
-                                                   std::move(client_hooks), pool);
+                                                   std::move(client_hooks), pool, windows);
   server->start();
   client->start();
   auto [idle, idle_accepted] = loopback_pair(io);
@@ -288,6 +292,7 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
   // later OPENs are refused: the budget, not visitors x window, bounds the buffers.
   asio::io_context io;
   net::buffer_pool server_pool, client_pool;
+  net::window_budget server_windows, client_windows;  // one per process, as the pools
   client_pool.set_budget(1024 * 1024);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::list<tcp::socket> accepted;  // a list: coroutines hold pointers to its sockets
@@ -315,10 +320,10 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
   auto [worker_end, client_end] = loopback_pair(io);
   auto server = std::make_shared<net::mux_session>(
       net::transport(std::move(worker_end)), net::mux_session::role::server, net::mux_settings{},
-      net::mux_hooks{}, server_pool);
+      net::mux_hooks{}, server_pool, server_windows);
   auto client = std::make_shared<net::mux_session>(
       net::transport(std::move(client_end)), net::mux_session::role::client, net::mux_settings{},
-      std::move(client_hooks), client_pool);
+      std::move(client_hooks), client_pool, client_windows);
   server->start();
   client->start();
 
