@@ -49,7 +49,7 @@ client_parse_result parse_client_arguments(int argc, const char* const* argv) {
       "culvert: expose a local service through a culvert server.\n"
       "  culvert http 3000                 share http://127.0.0.1:3000\n"
       "  culvert tcp 127.0.0.1:5432        share a raw TCP service"};
-  app.set_version_flag("--version", "culvert 0.1.0");
+  app.set_version_flag("--version", "culvert " CULVERT_VERSION);
   app.require_subcommand(1);
   auto add_common = [&](CLI::App* sub) {
     sub->add_option("local", local, "local service: PORT or HOST:PORT (host defaults to 127.0.0.1)")

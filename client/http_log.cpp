@@ -19,6 +19,9 @@ constexpr std::size_t max_line_bytes = 4096;  // a chunk-size or trailer line
 // A visitor chooses the target: it reaches the terminal escaped (no ESC, CR or LF) and capped,
 // so a request cannot retitle the window, clear the screen or forge a log line.
 constexpr std::size_t max_target_shown = 300;
+// Pipelined requests still waiting for their responses, beyond which stray CRLFs are no longer
+// skipped for them (the head parser then sees them and the stream turns opaque).
+constexpr std::size_t max_waiting_requests = 64;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -210,7 +213,7 @@ void http_log_observer::on_from_peer(std::span<const char> bytes) {
       if (request_body_.done()) in_request_body_ = false;
       continue;
     }
-    if (request_head_.text.empty() && requests_.size() < 64 && bytes.size() &&
+    if (request_head_.text.empty() && requests_.size() < max_waiting_requests && bytes.size() &&
         (bytes.front() == '\r' || bytes.front() == '\n')) {
       bytes = bytes.subspan(1);  // stray CRLF between requests is allowed (RFC 9112 2.2)
       continue;
@@ -223,11 +226,11 @@ void http_log_observer::on_from_peer(std::span<const char> bytes) {
 bool http_log_observer::start_request() {
   auto text = std::move(request_head_.text);
   request_head_ = {};
-  auto head = parse_head(text);
-  auto line = head.start_line;
+  auto parsed = parse_head(text);
+  auto line = parsed.start_line;
   auto sp1 = line.find(' ');
   auto sp2 = line.rfind(' ');
-  if (!head.valid || sp1 == std::string_view::npos || sp2 == sp1) return false;
+  if (!parsed.valid || sp1 == std::string_view::npos || sp2 == sp1) return false;
   auto method = line.substr(0, sp1);
   auto version = line.substr(sp2 + 1);
   if (!is_token(method) || !version.starts_with("HTTP/1.")) return false;
@@ -238,10 +241,10 @@ bool http_log_observer::start_request() {
   p.started = now_();
   requests_.push_back(std::move(p));
 
-  if (head.chunked)
+  if (parsed.chunked)
     request_body_.reset(http_body::kind::chunked);
-  else if (head.content_length)
-    request_body_.reset(http_body::kind::length, *head.content_length);
+  else if (parsed.content_length)
+    request_body_.reset(http_body::kind::length, *parsed.content_length);
   else
     request_body_.reset(http_body::kind::none);
   in_request_body_ = !request_body_.done();
@@ -269,9 +272,9 @@ bool http_log_observer::start_response() {
   auto text = std::move(response_head_.text);
   response_head_ = {};
   if (requests_.empty()) return false;  // a response nobody asked for: not HTTP as we know it
-  auto head = parse_head(text);
-  auto line = head.start_line;
-  if (!head.valid || !line.starts_with("HTTP/1.") || line.size() < 12 || line[8] != ' ')
+  auto parsed = parse_head(text);
+  auto line = parsed.start_line;
+  if (!parsed.valid || !line.starts_with("HTTP/1.") || line.size() < 12 || line[8] != ' ')
     return false;
   int status = 0;
   auto digits = line.substr(9, 3);
@@ -292,10 +295,10 @@ bool http_log_observer::start_response() {
   bool bodiless = request.exchange.method == "HEAD" || status == 204 || status == 304;
   if (bodiless)
     response_body_.reset(http_body::kind::none);
-  else if (head.chunked)
+  else if (parsed.chunked)
     response_body_.reset(http_body::kind::chunked);
-  else if (head.content_length)
-    response_body_.reset(http_body::kind::length, *head.content_length);
+  else if (parsed.content_length)
+    response_body_.reset(http_body::kind::length, *parsed.content_length);
   else
     response_body_.reset(http_body::kind::until_close);
   if (response_body_.done())

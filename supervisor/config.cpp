@@ -23,7 +23,7 @@
 #include "supervisor/domain_pool.hpp"
 
 #ifndef CULVERT_VERSION
-#define CULVERT_VERSION "0.1.0"
+#error "CULVERT_VERSION comes from project(VERSION) in CMakeLists.txt"
 #endif
 
 namespace culvert::supervisor {

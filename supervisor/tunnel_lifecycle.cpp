@@ -111,10 +111,10 @@ void tunnel_lifecycle::attach_control(const tunnel_ptr& t, shared::net::transpor
   const proto::control_link* raw = link.get();
   proto::control_link::hooks hooks;
   hooks.on_frame = [this, weak = std::weak_ptr<tunnel>(t), raw](proto::frame&& f) {
-    auto t = weak.lock();
-    if (!t) return;
+    auto live = weak.lock();
+    if (!live) return;
     if (f.header.type != proto::frame_type::error) {
-      spdlog::debug("{}: ignoring {} frame on the control connection", t->domain,
+      spdlog::debug("{}: ignoring {} frame on the control connection", live->domain,
                     proto::to_string(f.header.type));
       return;
     }
@@ -123,18 +123,18 @@ void tunnel_lifecycle::attach_control(const tunnel_ptr& t, shared::net::transpor
     auto e = proto::decode_error_message(f.payload);
     std::uint64_t suppressed = 0;
     if (peer_error_log_.allow(std::chrono::steady_clock::now(), suppressed))
-      spdlog::info("{}: client reported an error: {}{}", t->domain,
+      spdlog::info("{}: client reported an error: {}{}", live->domain,
                    e ? shared::log::printable(e->message) : "(malformed)",
                    suppressed ? " (" + std::to_string(suppressed) + " earlier ones not logged)"
                               : std::string());
     // The sender of an ERROR closes next (protocol.md): nothing after it is read.
-    if (t->control.get() == raw) t->control->close("client reported an error");
+    if (live->control.get() == raw) live->control->close("client reported an error");
   };
   hooks.on_closed = [this, weak = std::weak_ptr<tunnel>(t), raw](const std::string& reason) {
-    auto t = weak.lock();
+    auto live = weak.lock();
     // A link replaced by a reconnect closes too; only the current one's loss means anything.
-    if (!t || t->control.get() != raw) return;
-    hold(t, reason);
+    if (!live || live->control.get() != raw) return;
+    hold(live, reason);
   };
   link->set_hooks(std::move(hooks));
   auto previous = std::exchange(t->control, link);
@@ -153,9 +153,9 @@ void tunnel_lifecycle::hold(const tunnel_ptr& t, const std::string& reason) {
                config_.grace_period.count());
   t->grace_timer.expires_after(config_.grace_period);
   t->grace_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
-    auto t = weak.lock();
-    if (ec || !t || t->state != ipc::slot_state::held) return;
-    stop(t, "grace period over");
+    auto live = weak.lock();
+    if (ec || !live || live->state != ipc::slot_state::held) return;
+    stop(live, "grace period over");
   });
 }
 

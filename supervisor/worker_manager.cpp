@@ -314,10 +314,10 @@ void worker_manager::restart(const tunnel_ptr& t) {
           : std::min(back_off_unit * (1u << std::min(t->quick_failures, 10u)), longest_back_off);
   t->stop_timer.expires_after(delay);
   t->stop_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
-    auto t = weak.lock();
-    if (ec || !t || t->state == shared::ipc::slot_state::stopping || t->worker_pid) return;
-    spdlog::info("{}: restarting worker (restart {})", t->domain, t->restarts);
-    start(t);
+    auto live = weak.lock();
+    if (ec || !live || live->state == shared::ipc::slot_state::stopping || live->worker_pid) return;
+    spdlog::info("{}: restarting worker (restart {})", live->domain, live->restarts);
+    start(live);
   });
 }
 
@@ -325,10 +325,10 @@ void worker_manager::stop(const tunnel_ptr& t) {
   signal(*t, SIGTERM);
   t->stop_timer.expires_after(worker_kill_deadline);
   t->stop_timer.async_wait([this, weak = std::weak_ptr<tunnel>(t)](boost::system::error_code ec) {
-    auto t = weak.lock();
-    if (ec || !t || !t->worker_pid) return;
-    spdlog::warn("{}: worker {} ignored SIGTERM; killing it", t->domain, t->worker_pid);
-    signal(*t, SIGKILL);
+    auto live = weak.lock();
+    if (ec || !live || !live->worker_pid) return;
+    spdlog::warn("{}: worker {} ignored SIGTERM; killing it", live->domain, live->worker_pid);
+    signal(*live, SIGKILL);
   });
 }
 

@@ -146,7 +146,7 @@ class mux_session : public std::enable_shared_from_this<mux_session> {
   // Writer (mux_writer.cpp). `wake`: false leaves the writer asleep until the next queued frame
   // or wake_writer().
   void wake_writer();
-  void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream,
+  void queue_control(protocol::frame_type, std::uint8_t flags, std::uint32_t stream_id,
                      std::span<const std::uint8_t> payload, bool wake = true);
   void queue_data(const stream_ptr&, chunk, std::uint32_t length, bool fin);
   boost::asio::awaitable<void> write_loop();

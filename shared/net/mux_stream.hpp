@@ -46,8 +46,8 @@ struct mux_session::out_frame {
 };
 
 struct mux_session::stream {
-  stream(std::uint32_t id, tcp::socket s, const mux_settings& settings)
-      : id(id),
+  stream(std::uint32_t stream_id, tcp::socket s, const mux_settings& settings)
+      : id(stream_id),
         socket(std::move(s)),
         send_credit(settings.initial_window),
         recv_credit(settings.initial_window),

@@ -21,12 +21,12 @@ void mux_session::wake_writer() {
   writer_wake_.cancel();
 }
 
-void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std::uint32_t stream,
+void mux_session::queue_control(proto::frame_type type, std::uint8_t flags, std::uint32_t stream_id,
                                 std::span<const std::uint8_t> payload, bool wake) {
   if (!open_) return;
   out_frame& f = control_queue_.emplace_back();
   proto::encode_header(
-      {std::uint32_t(payload.size()), type, flags, stream},
+      {std::uint32_t(payload.size()), type, flags, stream_id},
       std::span<std::uint8_t, proto::header_size>(f.head.data(), proto::header_size));
   std::memcpy(f.head.data() + proto::header_size, payload.data(), payload.size());
   f.head_length = std::uint8_t(proto::header_size + payload.size());

@@ -8,8 +8,9 @@
 // half is left out and OpenSSL is never mapped, which saves an idle worker about 0.7 MiB.
 #pragma once
 
+// No default: a file compiled without it would see another class layout than its library.
 #ifndef CULVERT_WITH_TLS
-#define CULVERT_WITH_TLS 1
+#error "CULVERT_WITH_TLS must be 0 or 1 (culvert_shared or culvert_shared_clear sets it)"
 #endif
 
 #include <boost/asio/awaitable.hpp>

@@ -46,7 +46,7 @@ struct tls_pair {
   error_code server_handshake = asio::error::would_block,
              client_handshake = asio::error::would_block;
 
-  tls_pair(asio::io_context& io, const tls::psk_bytes& client_key) : io(io) {
+  tls_pair(asio::io_context& context, const tls::psk_bytes& client_key) : io(context) {
     server_side.set_psk(tunnel_id, key_of(1));
     tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
     tcp::socket a(io), b(io);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -454,7 +455,8 @@ TEST_CASE("flag --version exits 0 with the version", "[config]") {
   CHECK_FALSE(result.cfg);
   CHECK(result.exit_code == 0);
   CHECK(result.output == "culvert-supervisor " + std::string(version()) + "\n");
-  CHECK(version() == "0.1.0");
+  CHECK(version() == CULVERT_VERSION);  // project(VERSION) in CMakeLists.txt
+  CHECK(std::regex_match(std::string(version()), std::regex(R"(\d+\.\d+\.\d+)")));
 }
 
 TEST_CASE("flag --print-config round-trips through load_toml", "[config]") {
