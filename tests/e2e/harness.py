@@ -386,9 +386,20 @@ SKIP_EXIT = 77  # ctest's SKIP_RETURN_CODE for the e2e tests (tests/CMakeLists.t
 
 
 def skip(reason):
-    """Reports the test as skipped (not passed) to ctest, with the reason."""
+    """Reports the test as skipped (not passed) to ctest, with the reason. Call it before the
+    test starts any program."""
     print(f"SKIP: {reason}")
     sys.exit(SKIP_EXIT)
+
+
+def require(*programs, node_modules=()):
+    """Skips the test when a program it drives (or an npm package of tests/e2e) is missing:
+    tools/install-deps installs them all, so under tools/test this never skips."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    missing += [f"npm package {m} (tests/e2e/node_modules)" for m in node_modules
+                if not os.path.isdir(os.path.join(HERE, "node_modules", m))]
+    if missing:
+        skip(f"not installed: {', '.join(missing)}; tools/install-deps installs what is missing")
 
 
 def run_test(main):
