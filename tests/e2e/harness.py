@@ -195,6 +195,9 @@ class Environment:
             for p in self.processes:
                 print(f"----- {p.name} {' '.join(p.args)}\n--- stdout:\n{p.stdout()[-4000:]}"
                       f"\n--- stderr:\n{p.stderr()[-6000:]}", file=sys.stderr)
+            print(f"logs kept in {self.workdir}", file=sys.stderr)
+        elif not os.environ.get("CULVERT_KEEP_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)  # a passed test leaves nothing in /tmp
         return False
 
     def start(self, name, args, env=None):
