@@ -361,7 +361,7 @@ asio::awaitable<bool> client::control_session(bool first) {
   control_lost_.expires_at(asio::steady_timer::time_point::max());
   const auto interval = std::chrono::seconds(std::max<int>(1, offer->heartbeat_interval_s));
   auto link = make_held<proto::control_link>(work_.hold("control link"), std::move(stream),
-                                             interval, interval * 6, proto::control_link::hooks{});
+                                             interval, interval * 6);
   proto::control_link::hooks hooks;
   hooks.on_frame = [this](proto::frame&& frame) {
     if (frame.header.type == proto::frame_type::reopen) {

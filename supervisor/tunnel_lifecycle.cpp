@@ -106,8 +106,7 @@ void tunnel_lifecycle::attach_control(const tunnel_ptr& t, shared::net::transpor
   boost::system::error_code ec;
   t->client_addr = shared::net::to_string(stream.socket().remote_endpoint(ec));
   auto link = std::make_shared<proto::control_link>(std::move(stream), config_.heartbeat_interval,
-                                                    config_.heartbeat_timeout,
-                                                    proto::control_link::hooks{});
+                                                    config_.heartbeat_timeout);
   const proto::control_link* raw = link.get();
   proto::control_link::hooks hooks;
   hooks.on_frame = [this, weak = std::weak_ptr<tunnel>(t), raw](proto::frame&& f) {

@@ -17,11 +17,10 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr unsigned max_pings_per_second = 20;
 
 control_link::control_link(net::transport socket, std::chrono::milliseconds interval,
-                           std::chrono::milliseconds silence_limit, hooks h)
+                           std::chrono::milliseconds silence_limit)
     : socket_(std::move(socket)),
       interval_(interval),
       silence_limit_(silence_limit),
-      hooks_(std::move(h)),
       writer_wake_(socket_.get_executor()),
       heartbeat_timer_(socket_.get_executor()) {
   boost::system::error_code ec;

@@ -25,8 +25,8 @@ class control_link : public std::enable_shared_from_this<control_link> {
   };
 
   control_link(net::transport, std::chrono::milliseconds heartbeat_interval,
-               std::chrono::milliseconds silence_limit, hooks);
-  // Hooks may be set after construction (they often need the link's own address), before start.
+               std::chrono::milliseconds silence_limit);
+  // Set after construction (they often need the link's own address), before start.
   void set_hooks(hooks h) { hooks_ = std::move(h); }
   void start();
   void send(encoded_frame);

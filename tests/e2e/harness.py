@@ -195,6 +195,9 @@ class Environment:
             for p in self.processes:
                 print(f"----- {p.name} {' '.join(p.args)}\n--- stdout:\n{p.stdout()[-4000:]}"
                       f"\n--- stderr:\n{p.stderr()[-6000:]}", file=sys.stderr)
+            print(f"logs kept in {self.workdir}", file=sys.stderr)
+        elif not os.environ.get("CULVERT_KEEP_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)  # a passed test leaves nothing in /tmp
         return False
 
     def start(self, name, args, env=None):
@@ -386,9 +389,20 @@ SKIP_EXIT = 77  # ctest's SKIP_RETURN_CODE for the e2e tests (tests/CMakeLists.t
 
 
 def skip(reason):
-    """Reports the test as skipped (not passed) to ctest, with the reason."""
+    """Reports the test as skipped (not passed) to ctest, with the reason. Call it before the
+    test starts any program."""
     print(f"SKIP: {reason}")
     sys.exit(SKIP_EXIT)
+
+
+def require(*programs, node_modules=()):
+    """Skips the test when a program it drives (or an npm package of tests/e2e) is missing:
+    tools/install-deps installs them all, so under tools/test this never skips."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    missing += [f"npm package {m} (tests/e2e/node_modules)" for m in node_modules
+                if not os.path.isdir(os.path.join(HERE, "node_modules", m))]
+    if missing:
+        skip(f"not installed: {', '.join(missing)}; tools/install-deps installs what is missing")
 
 
 def run_test(main):

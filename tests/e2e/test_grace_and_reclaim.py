@@ -10,7 +10,7 @@ import threading
 
 from harness import Environment, connect, echo_handler, echo_once, recv_all, run_test, wait_until
 
-GRACE = 3
+GRACE = 2  # long enough for (1) and (2) to come back: each takes well under 1 s
 
 
 class CuttableProxy:
@@ -25,6 +25,7 @@ class CuttableProxy:
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.live = []
+        self.cutting = False
         threading.Thread(target=self.accept, daemon=True).start()
 
     def accept(self):
@@ -39,24 +40,31 @@ class CuttableProxy:
             for x, y in ((a, b), (b, a)):
                 threading.Thread(target=self.pump, args=(x, y), daemon=True).start()
 
-    @staticmethod
-    def pump(x, y):
+    def pump(self, x, y):
         try:
             while data := x.recv(65536):
                 y.sendall(data)
-            y.shutdown(socket.SHUT_WR)
+            if not self.cutting:
+                y.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
     def cut(self):
+        """Resets every connection at once. A socket another thread is blocked reading stays
+        open after close() until that read returns (on the next byte, seconds later for an idle
+        connection): shutting its reading side first wakes the reader, so close() resets now."""
         with self.lock:
+            self.cutting = True
             for s in self.live:
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                    s.close()
+                    s.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
+            for s in self.live:
+                s.close()
             self.live = []
+            self.cutting = False
 
     def close(self):
         self.listener.close()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 
-from harness import Environment, run_test
+from harness import Environment, require, run_test
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +47,7 @@ def curl(*args):
 
 
 def main():
+    require("curl")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with Environment() as env:

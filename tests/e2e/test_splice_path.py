@@ -17,7 +17,7 @@ import threading
 import time
 
 from harness import (Environment, answer_with_sha256, connect, make_certificates, pattern_bytes,
-                     recv_all, run_test, wait_until)
+                     recv_all, require, run_test, wait_until)
 
 SIZE = 32 * 1024 * 1024
 MOST = SIZE // 2 if os.environ.get("CULVERT_SANITIZED") == "1" else SIZE * 3 // 4
@@ -81,6 +81,7 @@ def download(port):
 
 
 def main():
+    require("openssl")
     with Environment() as env:
         origin = env.service(service)
         files = make_certificates(env.workdir)

@@ -12,7 +12,7 @@ import pwd
 import signal
 import subprocess
 
-from harness import BIN, Environment, echo_handler, run_test, skip, wait_until
+from harness import BIN, Environment, echo_handler, require, run_test, skip, wait_until
 
 SANITIZED = os.environ.get("CULVERT_SANITIZED") == "1"
 
@@ -62,6 +62,7 @@ def ids(pid):
 def main():
     if os.geteuid() != 0:
         skip("not root: workers cannot get uids of their own")
+    require("/usr/bin/python3")  # the probe runs as each worker's uid
     nobody = pwd.getpwnam("nobody")
     with Environment() as env:
         echo = env.service(echo_handler)

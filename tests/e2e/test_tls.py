@@ -9,7 +9,7 @@ import ssl
 import struct
 
 from harness import (route_tag, BIN, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
-                     make_certificates, recv_all, run_test, wait_until)
+                     make_certificates, recv_all, require, run_test, wait_until)
 
 
 def saved_tunnel(env):
@@ -25,6 +25,7 @@ def refused(env, sup, *args, name):
 
 
 def main():
+    require("openssl")
     with Environment() as env:
         files = make_certificates(env.workdir)
         echo = env.service(echo_handler)

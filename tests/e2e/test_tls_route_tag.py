@@ -8,7 +8,7 @@ import os
 import struct
 
 from harness import (route_tag, PROTOCOL_VERSION, Environment, assert_echoed, connect, echo_handler,
-                     make_certificates, run_test, wait_until)
+                     make_certificates, require, run_test, wait_until)
 
 ATTEMPTS = 40  # more than the worker's 32 TLS handshake slots
 
@@ -37,6 +37,7 @@ def read_reply(s, timeout=5):
 
 
 def main():
+    require("openssl")
     with Environment() as env:
         files = make_certificates(env.workdir)
         echo = env.service(echo_handler)

@@ -12,7 +12,11 @@ import time
 
 from harness import Environment, connect, echo_handler, recv_all, run_test
 
-DELAY_MS = 300
+# The first bad token's wait, doubled per failure: 4 refusals wait 0.1 + 0.2 + 0.4 + 0.8 s. Small,
+# yet the 4th (0.8 s) is far above what a constant delay plus a client's start-up would take.
+DELAY_MS = 100
+# Past the client's connect timeout (10 s, not configurable): the one wait that must stay long.
+SLOW_DELAY_MS = 10500
 ALICE = "alice-secret-0123456789"
 BOB = "bob-secret-abcdefghijklm"
 
@@ -52,6 +56,16 @@ sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
 
         service = env.service(echo_handler)
         local = f"127.0.0.1:{service.port}"
+
+        # A refusal delayed past the client's 10 s connect timeout (as the 5th bad token in a
+        # row is, by default) still reaches the user as the reason, not as a timeout and retry.
+        # Its own supervisor (its own failure count); it waits while the checks below run.
+        slow = env.supervisor("--tokens-file", path, "--auth-failure-delay-ms",
+                              str(SLOW_DELAY_MS), name="slow-supervisor")
+        slow_started = time.monotonic()
+        slow_client = env.client(slow, "tcp", local, "--no-state", name="bad-slow",
+                                 expect_url=False, env={"CULVERT_TOKEN": "wrong-token-yyyyyyyy"})
+
         sup = env.supervisor("--tokens-file", path, "--auth-failure-delay-ms", str(DELAY_MS))
 
         def token_file(name, token, mode=0o600):
@@ -116,17 +130,11 @@ sha256 = "{hashlib.sha256(BOB.encode()).hexdigest()}"
         assert {sup.tunnel(c)["domain"].split(".")[0] for c in (a2,)} == {"alice"}
         print("per-token limits, patterns and reserved names hold; tunnels carry data")
 
-        # A refusal delayed past the client's 10 s connect timeout (as the 5th bad token in a
-        # row is, by default) still reaches the user as the reason, not as a timeout and retry.
-        slow = env.supervisor("--tokens-file", path, "--auth-failure-delay-ms", "10500",
-                              name="slow-supervisor")
-        started = time.monotonic()
-        p = env.client(slow, "tcp", local, "--no-state", name="bad-slow", expect_url=False,
-                       env={"CULVERT_TOKEN": "wrong-token-yyyyyyyy"})
-        code = p.popen.wait(60)
-        took = time.monotonic() - started
-        assert code == 2 and "the token is missing or not valid" in p.stderr(), (code, p.stderr())
-        assert "has not answered yet" in p.stderr() and took >= 10.5, (took, p.stderr())
+        code = slow_client.popen.wait(60)
+        took = time.monotonic() - slow_started
+        err = slow_client.stderr()
+        assert code == 2 and "the token is missing or not valid" in err, (code, err)
+        assert "has not answered yet" in err and took >= SLOW_DELAY_MS / 1000, (took, err)
         print(f"a refusal after {took:.1f} s (past the connect timeout) still reaches the user")
 
 

@@ -5,10 +5,11 @@ handshake completes."""
 import os
 import subprocess
 
-from harness import Environment, HERE, run_test
+from harness import Environment, HERE, require, run_test
 
 
 def main():
+    require("node", node_modules=["ws"])
     with Environment() as env:
         server = env.start("ws-server", ["node", os.path.join(HERE, "ws_echo.js"), "server"])
         port = int(server.wait_for_output(r"PORT (\d+)").group(1))

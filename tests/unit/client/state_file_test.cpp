@@ -12,6 +12,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/support/skip.hpp"
+
 namespace fs = std::filesystem;
 using culvert::client::saved_tunnel;
 using culvert::client::state_file;
@@ -98,10 +100,8 @@ TEST_CASE("state file: a directory others may write is not used", "[state]") {
 }
 
 TEST_CASE("state file: a directory that belongs to another user is not used", "[state]") {
-  if (::geteuid() != 0) {
-    WARN("needs root to give a directory to another user; not checked");
-    return;
-  }
+  if (!culvert::tests::running_as_root())
+    return culvert::tests::skip("not root: cannot give a directory to another account");
   temp_dir dir;
   const auto theirs = dir.path / "state";
   fs::create_directory(theirs);

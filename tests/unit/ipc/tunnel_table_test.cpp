@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/skip.hpp"
+
 namespace {
 
 namespace ipc = culvert::shared::ipc;
@@ -575,11 +577,23 @@ TEST_CASE("a segment planted by another account is never trusted", "[tunnel_tabl
     CHECK(text == "not yours");
     ::unlink(target.c_str());
   }
+  SECTION("ours, but naming a live process that is not a supervisor (init): stale") {
+    write_raw_segment(name, table_size(8), planted);
+    ipc::tunnel_table_owner owner(instance, 3, "new.example");
+    CHECK(ipc::tunnel_table_reader(name).header().supervisor_pid == ::getpid());
+  }
+}
+
+TEST_CASE("a segment planted by another account is never trusted (as root)", "[tunnel_table]") {
+  if (!culvert::tests::running_as_root())
+    return culvert::tests::skip("not root: cannot plant a segment owned by another account");
+  const auto instance = unique_instance("planted");
+  const auto name = ipc::segment_name(instance);
+  const auto path = ipc::segment_path(name);
+  segment_guard guard{name};
+  // A "live supervisor" that always exists: what an attacker writes to stop us from starting.
+  const auto planted = valid_header(1, 8);
   SECTION("owned by another account") {
-    if (::geteuid() != 0) {
-      WARN("not root: cannot plant a segment owned by another account; that part is skipped");
-      return;
-    }
     write_raw_segment(name, table_size(8), planted);
     REQUIRE(::chown(path.c_str(), 4242, 4242) == 0);
     // A reader sees who owns it; the supervisor (as root) removes it instead of believing pid 1.
@@ -591,10 +605,6 @@ TEST_CASE("a segment planted by another account is never trusted", "[tunnel_tabl
     CHECK(ipc::tunnel_table_reader(name).header().supervisor_pid == ::getpid());
   }
   SECTION("owned by the account we drop to: trusted like our own") {
-    if (::geteuid() != 0) {
-      WARN("not root: cannot plant a segment owned by another account; that part is skipped");
-      return;
-    }
     live_child other;  // runs this very program, as a supervisor would
     write_raw_segment(name, table_size(8), valid_header(other.pid, 8));
     REQUIRE(::chown(path.c_str(), 4242, 4242) == 0);
@@ -603,16 +613,7 @@ TEST_CASE("a segment planted by another account is never trusted", "[tunnel_tabl
                           ") owns shared-memory segment " + name + "; use --instance");
     CHECK(exists(path));
   }
-  SECTION("ours, but naming a live process that is not a supervisor (init): stale") {
-    write_raw_segment(name, table_size(8), planted);
-    ipc::tunnel_table_owner owner(instance, 3, "new.example");
-    CHECK(ipc::tunnel_table_reader(name).header().supervisor_pid == ::getpid());
-  }
   SECTION("owned by someone we cannot remove it from: refused, naming path and owner") {
-    if (::geteuid() != 0) {
-      WARN("not root: cannot start a supervisor as another account; that part is skipped");
-      return;
-    }
     write_raw_segment(name, table_size(8), planted);  // owned by root
     const auto report = as_other_user([&] { ipc::tunnel_table_owner(instance, 3, "x.example"); });
     CHECK_THAT(report, Contains("shared-memory segment " + path) && Contains("owner uid 0") &&
