@@ -3,6 +3,8 @@
 // Invariant: every check is a pure function of one value (or, in validate(), of the whole config);
 // nothing here touches the network or the filesystem except reading the --config file (whose
 // permissions are checked like a tokens file's when it sets tokens).
+// Over 500 lines on purpose: the settings table and the flag, TOML and print code that walk it
+// are one duty, and splitting them would put a setting's name, check and help in separate files.
 #include "supervisor/config.hpp"
 
 #include <sys/stat.h>

@@ -3,6 +3,8 @@
 // Invariant: the header is fully written before its magic is (release); a slot's identity is only
 // ever written between an odd and the next even value of its sequence counter; and every bound a
 // process uses comes from its own checked copy of the header, never from the shared page again.
+// Over 500 lines on purpose: owner, counter writer and reader share the layout and its checks,
+// which must change together (a reader checking less than the owner wrote is a bug).
 #include "shared/ipc/tunnel_table.hpp"
 
 #include <fcntl.h>
