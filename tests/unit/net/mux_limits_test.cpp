@@ -113,9 +113,11 @@ asio::awaitable<void> collect_resets(tcp::socket& s, std::set<std::uint32_t>& re
 }  // namespace
 
 TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
-  asio::io_context io;
+  // Before io: a session that a failed test leaves in a coroutine frame dies with io and gives
+  // its buffers back to the pool then (as in every test here).
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
@@ -143,9 +145,9 @@ TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
 
 TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is never dialled",
           "[mux][limits]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
@@ -186,9 +188,9 @@ TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is neve
 }
 
 TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "[mux][limits]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   // An echo service.
   asio::co_spawn(
@@ -290,9 +292,9 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
   // Visitors send 1 MiB each to a local service that reads nothing at first: the client buffers
   // each stream's window (256 KiB) in pool chunks. With a 1 MiB budget, four streams fill it and
   // later OPENs are refused: the budget, not visitors x window, bounds the buffers.
-  asio::io_context io;
   net::buffer_pool server_pool, client_pool;
   net::window_budget server_windows, client_windows;  // one per process, as the pools
+  asio::io_context io;
   client_pool.set_budget(1024 * 1024);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::list<tcp::socket> accepted;  // a list: coroutines hold pointers to its sockets

@@ -116,9 +116,11 @@ struct hostile_outcome {
 // stream, for the server role), and reports how the session ended.
 hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_t> bytes,
                             net::mux_settings settings = {}) {
-  asio::io_context io;
+  // Before io: a session that a failed test leaves in a coroutine frame dies with io and gives
+  // its buffers back to the pool then (as in every test here).
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [ours, theirs] = loopback_pair(io);
   auto [visitor_out, visitor_in] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
@@ -249,9 +251,9 @@ session_pair start_delayed_sessions(asio::io_context& io, net::buffer_pool& pool
 }  // namespace
 
 TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
 
@@ -324,9 +326,9 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   // The local service reads nothing for a while: the client queues what the socket will not take
   // (its writer coroutine runs), the window stops the worker, keepalive ticks pass with no traffic
   // (the read buffer's free pages and the chunk pool are given back), then the reader resumes.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -358,9 +360,9 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
 }
 
 TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [worker_end, client_end] = loopback_pair(io);
   auto [visitor, visitor_accepted] = loopback_pair(io);
   auto server = std::make_shared<net::mux_session>(
@@ -455,9 +457,9 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   // Clear text: bulk reads go through pipes, not this process. The local reader stalls while a
   // 16 MiB window lets everything in flight, so the client's pipe fills and the rest of each frame
   // is copied behind it; then the reader drains in odd-sized reads. Every byte, in order.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -501,9 +503,9 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
 TEST_CASE("a stream switching between small messages and bursts keeps its order", "[mux][splice]") {
   // Small writes are copied, bursts spliced, in both directions through an echo service: every
   // switch between the two paths must keep the byte order.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   asio::co_spawn(
@@ -572,9 +574,9 @@ TEST_CASE("over a slow link a bulk stream's window grows to carry the bandwidth-
           "[mux][window]") {
   // A 40 ms round trip: a fixed 256 KiB window would cap the stream at 6.4 MB/s. The receiver
   // (the client, for an upload) must see the window limit it and grow it.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -611,9 +613,9 @@ TEST_CASE("a window stays small for a local reader slower than the link", "[mux]
   // Same 40 ms link, but the local service reads 16 KiB every 4 ms (4 MB/s), less than the
   // initial window carries (6.4 MB/s): the reader, not the window, limits the stream, so
   // auto-tuning must leave the window alone, whatever bursts the reader's pace makes.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
