@@ -270,6 +270,7 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
         idle_reset_first = idle_lived.count() > 0;
         server->close("test over");
         client->close("test over");
+        local.close();  // the echo service's accept loop ends: nothing is left to run
       }(),
       10s);
   CHECK(idle_end == asio::error::connection_reset);
@@ -377,6 +378,8 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
         }
         server->close("test over");
         client->close("test over");
+        // The sessions reset every visitor, so their writes end; this ends the accept loop.
+        local.close();
       }(),
       20s);
   INFO("peak client chunks " << peak_chunks << ", refused " << refused << ", kept "
