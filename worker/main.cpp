@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "shared/log/log.hpp"
+#include "shared/net/mux_session.hpp"
 #include "shared/util/descriptor_limit.hpp"
 #include "worker/sandbox.hpp"
 #include "worker/worker.hpp"
@@ -27,6 +28,7 @@
 namespace {
 
 namespace w = culvert::worker;
+namespace net = culvert::shared::net;
 
 template <typename Number>
 bool parse_number(std::string_view text, Number& out) {
@@ -36,7 +38,9 @@ bool parse_number(std::string_view text, Number& out) {
 
 // Fills `options` from "--name value" pairs; prints the problem and returns false on bad input.
 bool parse_arguments(int argc, char** argv, w::worker_options& options) {
-  unsigned keepalive_ms = 5000, idle_timeout_ms = 30000;
+  // The compiled keepalive defaults, unless the supervisor passes its heartbeat settings.
+  auto keepalive_ms = unsigned(net::default_keepalive_interval.count());
+  auto idle_timeout_ms = unsigned(net::default_idle_timeout.count());
   std::uint64_t stream_idle_timeout_ms = 600000;
   bool have_segment = false, have_slot = false, have_domain = false;
   for (int i = 1; i < argc; i += 2) {

@@ -3,7 +3,6 @@
 // once it is full). Real loopback sockets; a raw peer where frames are scripted.
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -16,6 +15,8 @@
 #include "shared/net/mux_session.hpp"
 #include "shared/protocol/frame.hpp"
 #include "tests/support/loopback_pair.hpp"
+#include "tests/support/rethrow_on_error.hpp"
+#include "tests/support/run_coroutine.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
@@ -27,6 +28,8 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 namespace {
 
 using culvert::tests::loopback_pair;
+using culvert::tests::rethrow_on_error;
+using culvert::tests::run_coroutine;
 
 std::vector<std::uint8_t> frame_bytes(proto::frame_type type, std::uint32_t stream,
                                       std::vector<std::uint8_t> payload) {
@@ -113,15 +116,17 @@ asio::awaitable<void> collect_resets(tcp::socket& s, std::set<std::uint32_t>& re
 }  // namespace
 
 TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
-  asio::io_context io;
+  // Before io: a session that a failed test leaves in a coroutine frame dies with io and gives
+  // its buffers back to the pool then (as in every test here).
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
   auto c = start_client(io, pool, windows, {}, std::move(hooks));
   bool dialling = false, cancelled = false;
-  asio::co_spawn(
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         auto open = open_frame(1);
@@ -132,9 +137,8 @@ TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
         cancelled = co_await eventually(
             [&] { return dials.cancelled == 1 && c.session->dials_in_flight() == 0; }, 2000ms);
         c.session->close("test over");
-      },
-      asio::detached);
-  io.run_for(10s);
+      }(),
+      10s);
   CHECK(dialling);
   CHECK(cancelled);
   CHECK(dials.started == 1);
@@ -143,9 +147,9 @@ TEST_CASE("a RESET during the local dial cancels the dial", "[mux][limits]") {
 
 TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is never dialled",
           "[mux][limits]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   hanging_dials dials;
   net::mux_hooks hooks;
   hooks.dial = dials.hook(io);
@@ -154,8 +158,8 @@ TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is neve
   auto c = start_client(io, pool, windows, settings, std::move(hooks));
   std::set<std::uint32_t> resets;
   bool capped = false, next_dialled = false, skipped = false;
-  asio::co_spawn(io, collect_resets(c.peer, resets), asio::detached);
-  asio::co_spawn(
+  asio::co_spawn(io, collect_resets(c.peer, resets), rethrow_on_error);
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         for (std::uint32_t id = 1; id <= 9; id += 2) {
@@ -177,18 +181,17 @@ TEST_CASE("OPENs beyond the dials in flight wait their turn; a reset one is neve
         co_await eventually([&] { return dials.started > 4; }, 300ms);
         skipped = dials.started == 4 && c.session->dials_in_flight() == 3;
         c.session->close("test over");
-      },
-      asio::detached);
-  io.run_for(10s);
+      }(),
+      10s);
   CHECK(capped);
   CHECK(next_dialled);
   CHECK(skipped);
 }
 
 TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "[mux][limits]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   // An echo service.
   asio::co_spawn(
@@ -207,10 +210,10 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
                   co_await asio::async_write(s, asio::buffer(buf.data(), n), use_tuple);
                 }
               },
-              asio::detached);
+              rethrow_on_error);
         }
       },
-      asio::detached);
+      rethrow_on_error);
   net::mux_settings settings;
   settings.stream_idle_timeout = 200ms;
   net::mux_hooks client_hooks;
@@ -249,8 +252,8 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
         idle_lived = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::steady_clock::now() - started);
       },
-      asio::detached);
-  asio::co_spawn(
+      rethrow_on_error);
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         // A byte each 50 ms for 600 ms: three idle timeouts long, never idle for one.
@@ -267,9 +270,9 @@ TEST_CASE("a stream with no byte either way for stream_idle_timeout is reset", "
         idle_reset_first = idle_lived.count() > 0;
         server->close("test over");
         client->close("test over");
-      },
-      asio::detached);
-  io.run_for(10s);
+        local.close();  // the echo service's accept loop ends: nothing is left to run
+      }(),
+      10s);
   CHECK(idle_end == asio::error::connection_reset);
   CHECK(idle_lived >= 200ms);
   CHECK(idle_lived < 1000ms);
@@ -290,9 +293,9 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
   // Visitors send 1 MiB each to a local service that reads nothing at first: the client buffers
   // each stream's window (256 KiB) in pool chunks. With a 1 MiB budget, four streams fill it and
   // later OPENs are refused: the budget, not visitors x window, bounds the buffers.
-  asio::io_context io;
   net::buffer_pool server_pool, client_pool;
   net::window_budget server_windows, client_windows;  // one per process, as the pools
+  asio::io_context io;
   client_pool.set_budget(1024 * 1024);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::list<tcp::socket> accepted;  // a list: coroutines hold pointers to its sockets
@@ -307,7 +310,7 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
           accepted.push_back(std::move(s));
         }
       },
-      asio::detached);
+      rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = [&]() -> asio::awaitable<std::optional<tcp::socket>> {
     tcp::socket s(io);
@@ -334,7 +337,7 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
   std::list<tcp::socket> held;
   std::size_t peak_chunks = 0;
   int refused = 0;
-  asio::co_spawn(
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         for (int v = 0; v < visitors; ++v) {
@@ -349,7 +352,7 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
               [&, s = &held.emplace_back(std::move(visitor))]() -> asio::awaitable<void> {
                 co_await asio::async_write(*s, asio::buffer(sent), use_tuple);
               },
-              asio::detached);
+              rethrow_on_error);
           // Let this stream fill its window before the next visitor comes.
           const auto before = client_pool.outstanding();
           co_await eventually(
@@ -375,9 +378,10 @@ TEST_CASE("past the buffer budget new streams are refused", "[mux][limits]") {
         }
         server->close("test over");
         client->close("test over");
-      },
-      asio::detached);
-  io.run_for(20s);
+        // The sessions reset every visitor, so their writes end; this ends the accept loop.
+        local.close();
+      }(),
+      20s);
   INFO("peak client chunks " << peak_chunks << ", refused " << refused << ", kept "
                              << accepted.size());
   CHECK(refused >= visitors / 2);

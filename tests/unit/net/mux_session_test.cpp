@@ -5,7 +5,6 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -18,6 +17,8 @@
 #include "shared/protocol/frame.hpp"
 #include "shared/protocol/messages.hpp"
 #include "tests/support/loopback_pair.hpp"
+#include "tests/support/rethrow_on_error.hpp"
+#include "tests/support/run_coroutine.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
@@ -28,6 +29,8 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 namespace {
 
 using culvert::tests::loopback_pair;
+using culvert::tests::rethrow_on_error;
+using culvert::tests::run_coroutine;
 
 // A client-side dial hook connecting to `local`, then applying `tune` to the new socket.
 std::function<asio::awaitable<std::optional<tcp::socket>>()> dial_to(
@@ -116,9 +119,11 @@ struct hostile_outcome {
 // stream, for the server role), and reports how the session ended.
 hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_t> bytes,
                             net::mux_settings settings = {}) {
-  asio::io_context io;
+  // Before io: a session that a failed test leaves in a coroutine frame dies with io and gives
+  // its buffers back to the pool then (as in every test here).
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [ours, theirs] = loopback_pair(io);
   auto [visitor_out, visitor_in] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
@@ -131,14 +136,13 @@ hostile_outcome run_hostile(net::mux_session::role role, std::vector<std::uint8_
   session->start();
   if (role == net::mux_session::role::server)
     REQUIRE(session->open_stream(std::move(visitor_in), "1.2.3.4:5"));
-  asio::co_spawn(
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         co_await asio::async_write(theirs, asio::buffer(bytes), use_tuple);
         outcome.error_text = co_await read_error_frame(theirs);
-      },
-      asio::detached);
-  io.run_for(std::chrono::seconds(10));
+      }(),
+      std::chrono::seconds(10));
   CHECK_FALSE(session->is_open());
   return outcome;
 }
@@ -217,7 +221,7 @@ asio::awaitable<void> delay_one_way(tcp::socket& from, tcp::socket& to,
         boost::system::error_code ignored;
         to.shutdown(tcp::socket::shutdown_send, ignored);
       },
-      asio::detached);
+      rethrow_on_error);
   std::vector<std::uint8_t> buf(64 * 1024);
   for (;;) {
     auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), use_tuple);
@@ -240,8 +244,8 @@ session_pair start_delayed_sessions(asio::io_context& io, net::buffer_pool& pool
   auto [client_link, client_end] = loopback_pair(io);
   auto& a = link.emplace_back(std::move(worker_link));
   auto& b = link.emplace_back(std::move(client_link));
-  asio::co_spawn(io, delay_one_way(a, b, one_way), asio::detached);
-  asio::co_spawn(io, delay_one_way(b, a, one_way), asio::detached);
+  asio::co_spawn(io, delay_one_way(a, b, one_way), rethrow_on_error);
+  asio::co_spawn(io, delay_one_way(b, a, one_way), rethrow_on_error);
   return start_sessions_on(std::move(worker_end), std::move(client_end), pool, windows, settings,
                            std::move(server_hooks), std::move(client_hooks));
 }
@@ -249,9 +253,9 @@ session_pair start_delayed_sessions(asio::io_context& io, net::buffer_pool& pool
 }  // namespace
 
 TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
 
@@ -273,7 +277,7 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
         co_await asio::async_write(s, asio::buffer(request), use_tuple);
         s.shutdown(tcp::socket::shutdown_send);
       },
-      asio::detached);
+      rethrow_on_error);
 
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local);
@@ -290,7 +294,7 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 31 + i / 977);
   std::vector<std::uint8_t> received;
   bool clean_end = false;
-  asio::co_spawn(
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         co_await asio::async_write(visitor, asio::buffer(sent), use_tuple);
@@ -306,9 +310,8 @@ TEST_CASE("a visitor stream relays both ways and carries half-close", "[mux]") {
         }
         server->close("test over");
         client->close("test over");
-      },
-      asio::detached);
-  io.run_for(std::chrono::seconds(20));
+      }(),
+      std::chrono::seconds(20));
 
   std::reverse(sent.begin(), sent.end());
   CHECK(clean_end);
@@ -324,9 +327,9 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   // The local service reads nothing for a while: the client queues what the socket will not take
   // (its writer coroutine runs), the window stops the worker, keepalive ticks pass with no traffic
   // (the read buffer's free pages and the chunk pool are given back), then the reader resumes.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -334,7 +337,7 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
                  stalled_reader(
                      local, std::chrono::milliseconds(300),
                      [](std::size_t) { return std::size_t(65536); }, received),
-                 asio::detached);
+                 rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills quickly
@@ -349,8 +352,7 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(2 * 1024 * 1024 + 5);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
-  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
-  io.run_for(std::chrono::seconds(20));
+  run_coroutine(io, send_then_close(visitor, sent, {server, client}), std::chrono::seconds(20));
   CHECK(clean);
   CHECK(received.size() == sent.size());
   CHECK(received == sent);
@@ -358,9 +360,9 @@ TEST_CASE("a stalled local reader loses no byte while idle memory is given back"
 }
 
 TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [worker_end, client_end] = loopback_pair(io);
   auto [visitor, visitor_accepted] = loopback_pair(io);
   auto server = std::make_shared<net::mux_session>(
@@ -369,7 +371,7 @@ TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
   server->start();
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   boost::system::error_code visitor_end;
-  asio::co_spawn(
+  run_coroutine(
       io,
       [&]() -> asio::awaitable<void> {
         // Part of a response arrives, then the data connection drops.
@@ -384,9 +386,8 @@ TEST_CASE("the client end dying mid-stream resets the visitor", "[mux]") {
             break;
           }
         }
-      },
-      asio::detached);
-  io.run_for(std::chrono::seconds(10));
+      }(),
+      std::chrono::seconds(10));
   CHECK(visitor_end == asio::error::connection_reset);  // never a clean EOF
 }
 
@@ -455,9 +456,9 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   // Clear text: bulk reads go through pipes, not this process. The local reader stalls while a
   // 16 MiB window lets everything in flight, so the client's pipe fills and the rest of each frame
   // is copied behind it; then the reader drains in odd-sized reads. Every byte, in order.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -465,7 +466,7 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
                  stalled_reader(
                      local, std::chrono::milliseconds(500),
                      [](std::size_t i) { return 1 + (i * 7919) % 65536; }, received),
-                 asio::detached);
+                 rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::send_buffer_size(64 * 1024));  // the socket fills soon
@@ -480,8 +481,7 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(12 * 1024 * 1024 + 3);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 13 + i / 65521);
-  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
-  io.run_for(std::chrono::seconds(30));
+  run_coroutine(io, send_then_close(visitor, sent, {server, client}), std::chrono::seconds(30));
   CHECK(clean);
   CHECK(received.size() == sent.size());
   CHECK(received == sent);
@@ -501,9 +501,9 @@ TEST_CASE("bulk bytes splice in order past a full pipe and a stalled reader", "[
 TEST_CASE("a stream switching between small messages and bursts keeps its order", "[mux][splice]") {
   // Small writes are copied, bursts spliced, in both directions through an echo service: every
   // switch between the two paths must keep the byte order.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   asio::co_spawn(
@@ -519,7 +519,7 @@ TEST_CASE("a stream switching between small messages and bursts keeps its order"
         }
         s.shutdown(tcp::socket::shutdown_send);
       },
-      asio::detached);
+      rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local);
   auto [server, client] = start_sessions(io, pool, windows, {}, {}, std::move(client_hooks));
@@ -543,7 +543,7 @@ TEST_CASE("a stream switching between small messages and bursts keeps its order"
         server->close("test over");
         client->close("test over");
       },
-      asio::detached);
+      rethrow_on_error);
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
@@ -557,7 +557,7 @@ TEST_CASE("a stream switching between small messages and bursts keeps its order"
         }
         visitor.shutdown(tcp::socket::shutdown_send);
       },
-      asio::detached);
+      rethrow_on_error);
   io.run_for(std::chrono::seconds(30));
   CHECK(received.size() == sent.size());
   CHECK(received == sent);
@@ -572,9 +572,9 @@ TEST_CASE("over a slow link a bulk stream's window grows to carry the bandwidth-
           "[mux][window]") {
   // A 40 ms round trip: a fixed 256 KiB window would cap the stream at 6.4 MB/s. The receiver
   // (the client, for an upload) must see the window limit it and grow it.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -582,7 +582,7 @@ TEST_CASE("over a slow link a bulk stream's window grows to carry the bandwidth-
                  stalled_reader(
                      local, std::chrono::milliseconds(0),
                      [](std::size_t) { return std::size_t(65536); }, received),
-                 asio::detached);
+                 rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local);
   net::mux_settings settings;
@@ -594,8 +594,7 @@ TEST_CASE("over a slow link a bulk stream's window grows to carry the bandwidth-
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(32 * 1024 * 1024);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 7 + i / 4099);
-  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
-  io.run_for(std::chrono::seconds(60));
+  run_coroutine(io, send_then_close(visitor, sent, {server, client}), std::chrono::seconds(60));
   CHECK(received == sent);
   INFO("client window reached " << client->stats().largest_window << ", rtt "
                                 << client->rtt().count() << " us, min " << client->min_rtt().count()
@@ -611,9 +610,9 @@ TEST_CASE("a window stays small for a local reader slower than the link", "[mux]
   // Same 40 ms link, but the local service reads 16 KiB every 4 ms (4 MB/s), less than the
   // initial window carries (6.4 MB/s): the reader, not the window, limits the stream, so
   // auto-tuning must leave the window alone, whatever bursts the reader's pace makes.
-  asio::io_context io;
   net::buffer_pool pool;
   net::window_budget windows;
+  asio::io_context io;
   auto [visitor, visitor_accepted] = loopback_pair(io);
   tcp::acceptor local(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   std::vector<std::uint8_t> received;
@@ -633,7 +632,7 @@ TEST_CASE("a window stays small for a local reader slower than the link", "[mux]
           if (rec) break;
         }
       },
-      asio::detached);
+      rethrow_on_error);
   net::mux_hooks client_hooks;
   client_hooks.dial = dial_to(io, local, [](tcp::socket& s) {
     s.set_option(asio::socket_base::send_buffer_size(64 * 1024));  // the backlog shows soon
@@ -647,8 +646,7 @@ TEST_CASE("a window stays small for a local reader slower than the link", "[mux]
   REQUIRE(server->open_stream(std::move(visitor_accepted), "127.0.0.1:1"));
   std::vector<std::uint8_t> sent(6 * 1024 * 1024);
   for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = std::uint8_t(i * 5 + i / 4093);
-  asio::co_spawn(io, send_then_close(visitor, sent, {server, client}), asio::detached);
-  io.run_for(std::chrono::seconds(60));
+  run_coroutine(io, send_then_close(visitor, sent, {server, client}), std::chrono::seconds(60));
   CHECK(received == sent);
   INFO("client window reached " << client->stats().largest_window << " after "
                                 << client->stats().window_samples << " samples, min rtt "

@@ -6,7 +6,6 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <catch2/catch.hpp>
@@ -14,6 +13,8 @@
 
 #include "shared/net/transport.hpp"
 #include "shared/tls/tls_contexts.hpp"
+#include "tests/support/rethrow_on_error.hpp"
+#include "tests/support/run_coroutine.hpp"
 
 namespace asio = boost::asio;
 namespace net = culvert::shared::net;
@@ -22,6 +23,9 @@ using asio::ip::tcp;
 using boost::system::error_code;
 
 namespace {
+
+using culvert::tests::rethrow_on_error;
+using culvert::tests::run_coroutine;
 
 constexpr std::uint64_t tunnel_id = 7;
 
@@ -56,9 +60,9 @@ struct tls_pair {
     server.emplace(std::move(b), server_side.context());
     tls::offer_psk(client->native_tls(), tunnel_id, client_key);
     asio::co_spawn(io, shake(*server, asio::ssl::stream_base::server, server_handshake),
-                   asio::detached);
+                   rethrow_on_error);
     asio::co_spawn(io, shake(*client, asio::ssl::stream_base::client, client_handshake),
-                   asio::detached);
+                   rethrow_on_error);
     io.run_for(std::chrono::seconds(10));
     io.restart();
   }
@@ -115,8 +119,8 @@ void transfer(asio::io_context& io, net::transport& from, net::transport& to,
               const std::vector<std::uint8_t>& bytes, std::size_t read_chunk) {
   error_code sent = asio::error::would_block, received = asio::error::would_block;
   std::vector<std::uint8_t> got;
-  asio::co_spawn(io, send_all(from, bytes, sent), asio::detached);
-  asio::co_spawn(io, receive_all(to, bytes.size(), read_chunk, got, received), asio::detached);
+  asio::co_spawn(io, send_all(from, bytes, sent), rethrow_on_error);
+  asio::co_spawn(io, receive_all(to, bytes.size(), read_chunk, got, received), rethrow_on_error);
   io.run_for(std::chrono::seconds(30));
   io.restart();
   CHECK(sent == error_code{});
@@ -156,8 +160,7 @@ TEST_CASE("TLS transport carries many records per call, small reads and a key up
   pair.client->close();
   error_code result = asio::error::would_block;
   std::vector<std::uint8_t> got;
-  asio::co_spawn(io, receive_all(*pair.server, 1, 64, got, result), asio::detached);
-  io.run_for(std::chrono::seconds(10));
+  run_coroutine(io, receive_all(*pair.server, 1, 64, got, result), std::chrono::seconds(10));
   CHECK(net::peer_closed(result));
   CHECK(got.empty());
 }
