@@ -4,7 +4,6 @@ token waits out its delay and while a visitor's transfer runs, a worker mid-tran
 reaching freed memory, or a leak, fails it), and a visitor sees its stream complete or reset,
 never a clean end that would pass a truncated transfer off as whole."""
 
-import hashlib
 import os
 import signal
 import socket
@@ -33,14 +32,12 @@ def slow_source(conn):
 def read_to_end(s):
     """'complete' (every byte, then EOF), 'truncated' (EOF early), 'reset' or 'timeout'."""
     received = 0
-    digest = hashlib.sha256()
     try:
         while True:
             data = s.recv(1 << 16)
             if not data:
                 return ("complete" if received == TOTAL else "truncated"), received
             received += len(data)
-            digest.update(data)
     except ConnectionResetError:
         return "reset", received
     except socket.timeout:
